@@ -1,0 +1,171 @@
+/**
+ * `diffswap serve`: opens the backend, starts the NBD listeners and the HTTP dashboard, and
+ * shuts all of it down in order on SIGTERM/SIGINT (stop accepting, finish or fail in-flight
+ * requests, flush and close the store, exit 0).
+ */
+import { mkdirSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { type Config, ConfigError, type ConfigOverrides, buildConfig, readConfigFile,
+  redactConfig, validateStoreKeys } from '../config/index.js';
+import { MemoryBackend } from '../device/memory.js';
+import type { Backend } from '../device/types.js';
+import { createLogger, type Logger } from '../log/index.js';
+import { Metrics } from '../metrics/index.js';
+import { type ListenSpec, startNbdServer } from '../nbd/server.js';
+import { startHttpServer } from '../http/index.js';
+import { applyHostSafety } from '../native/host.js';
+import { version } from './version.js';
+
+export const SERVE_USAGE = `Usage: diffswap serve [options]
+
+Serves the configured exports over NBD. Flags override the config file.
+
+Options:
+  --config FILE         YAML config file (see config/diffswap.example.yaml)
+  --listen HOST:PORT    NBD TCP listener; repeat for several (default 127.0.0.1:10809)
+  --socket PATH         NBD Unix socket listener
+  --data DIR            data directory for the page store (default ./data)
+  --export NAME:SIZE    an export, e.g. swap:8GiB; repeat for several (replaces the file's)
+  --http HOST:PORT|off  dashboard, API and /metrics (default 127.0.0.1:8080)
+  --backend store|memory  page store (default) or raw in-memory pages (nothing persisted)
+  --log-level LEVEL     fatal, error, warn, info (default), debug, trace, silent
+  -h, --help            this text`;
+
+function parseServeArgs(argv: string[]): { configPath?: string; overrides: ConfigOverrides } {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      config: { type: 'string' },
+      listen: { type: 'string', multiple: true },
+      socket: { type: 'string' },
+      data: { type: 'string' },
+      export: { type: 'string', multiple: true },
+      http: { type: 'string' },
+      backend: { type: 'string' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    console.log(SERVE_USAGE);
+    process.exit(0);
+  }
+  const overrides: ConfigOverrides = {};
+  if (values.listen) overrides.listen = values.listen;
+  if (values.socket) overrides.socket = values.socket;
+  if (values.data) overrides.data = values.data;
+  if (values.export) overrides.exports = values.export;
+  if (values.http) overrides.http = values.http;
+  if (values.backend !== undefined) {
+    if (values.backend !== 'store' && values.backend !== 'memory') {
+      throw new ConfigError([`--backend: '${values.backend}' is not store or memory`]);
+    }
+    overrides.backend = values.backend;
+  }
+  if (values['log-level'] !== undefined) {
+    overrides.logLevel = values['log-level'] as Config['log']['level'];
+  }
+  return values.config === undefined ? { overrides } : { configPath: values.config, overrides };
+}
+
+async function openBackend(config: Readonly<Config>, logger: Logger): Promise<Backend> {
+  if (config.backend === 'memory') return new MemoryBackend(config.exports);
+  const store = await import('../store/index.js');
+  const problems = validateStoreKeys(config.store, store.DEFAULT_STORE_TUNING);
+  if (problems.length > 0) throw new ConfigError(problems);
+  mkdirSync(config.dataDir, { recursive: true });
+  return store.openPageStore({
+    dataDir: config.dataDir,
+    exports: [...config.exports],
+    logger: logger.child({ component: 'store' }),
+    tuning: { ...config.store },
+  });
+}
+
+function listenSpecs(config: Readonly<Config>): ListenSpec[] {
+  const specs: ListenSpec[] = config.nbd.listen.map((e) => ({ host: e.host, port: e.port }));
+  if (config.nbd.socket) specs.push({ path: config.nbd.socket });
+  return specs;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  let config: Readonly<Config>;
+  try {
+    const { configPath, overrides } = parseServeArgs(argv);
+    config = buildConfig(configPath ? readConfigFile(configPath) : {}, overrides);
+  } catch (error) {
+    console.error(`diffswap serve: ${(error as Error).message}`);
+    if (!(error instanceof ConfigError)) console.error(SERVE_USAGE);
+    return 2;
+  }
+  const logger = createLogger({ level: config.log.level });
+  const startedAtMs = Date.now();
+  const hostSafety = applyHostSafety(config.host, logger.child({ component: 'host' }));
+
+  let backend: Backend;
+  try {
+    backend = await openBackend(config, logger);
+  } catch (error) {
+    logger.fatal({ err: error, dataDir: config.dataDir }, 'cannot open the store');
+    console.error(`diffswap serve: cannot open the store: ${(error as Error).message}`);
+    return error instanceof ConfigError ? 2 : 1;
+  }
+  const metrics = new Metrics({ collectProcess: true });
+  const nbd = await startNbdServer({
+    backend,
+    metrics,
+    logger: logger.child({ component: 'nbd' }),
+    listen: listenSpecs(config),
+  });
+  for (const address of nbd.addresses) logger.info({ ...address }, 'nbd listening');
+
+  let ready = true;
+  const http = config.http.listen
+    ? await startHttpServer({
+        host: config.http.listen.host,
+        port: config.http.listen.port,
+        ...(config.http.token ? { token: config.http.token } : {}),
+        backend,
+        metrics,
+        logger: logger.child({ component: 'http' }),
+        nbd,
+        info: { version, startedAtMs, config: redactConfig(config) },
+        store: backend as never,
+        hostSafety: () => hostSafety,
+        ready: () => ready,
+      })
+    : null;
+  if (http) logger.info({ ...http.address }, 'http listening');
+  logger.info(
+    { version, backend: config.backend, dataDir: config.dataDir, exports: backend.exportNames() },
+    'diffswap serving',
+  );
+
+  return new Promise<number>((resolveExit) => {
+    let stopping = false;
+    const stop = async (signal: string) => {
+      if (stopping) {
+        logger.warn({ signal }, 'second signal: exiting without a clean shutdown');
+        process.exit(1);
+      }
+      stopping = true;
+      ready = false;
+      logger.info({ signal }, 'shutting down');
+      try {
+        await nbd.close({ graceMs: config.shutdownGraceMs });
+        await http?.close();
+        await backend.close();
+        logger.info('stopped cleanly');
+        logger.flush();
+        resolveExit(0);
+      } catch (error) {
+        logger.error({ err: error }, 'shutdown failed');
+        logger.flush();
+        resolveExit(1);
+      }
+    };
+    process.once('SIGTERM', () => void stop('SIGTERM'));
+    process.once('SIGINT', () => void stop('SIGINT'));
+  });
+}
