@@ -43,7 +43,9 @@ export interface ServerProcessOptions {
   startTimeoutMs?: number;
 }
 
-export async function startServerProcess(options: ServerProcessOptions = {}): Promise<ServerProcess> {
+export async function startServerProcess(
+  options: ServerProcessOptions = {},
+): Promise<ServerProcess> {
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'diffswap-data-'));
   const args = [
     CLI_PATH,
@@ -64,7 +66,9 @@ export async function startServerProcess(options: ServerProcessOptions = {}): Pr
     env: { ...process.env, ...options.env },
   });
   const logs: Record<string, unknown>[] = [];
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => resolve(code)),
+  );
   let nbdPort = 0;
   let httpPort: number | null = null;
   const lines = createInterface({ input: child.stderr! });
