@@ -78,7 +78,7 @@ async function openBackend(config: Readonly<Config>, logger: Logger): Promise<Ba
   return store.openPageStore({
     dataDir: config.dataDir,
     exports: [...config.exports],
-    logger: logger.child({ component: 'store' }),
+    logger,
     tuning: { ...config.store },
   });
 }
@@ -115,7 +115,7 @@ export async function run(argv: string[]): Promise<number> {
   const nbd = await startNbdServer({
     backend,
     metrics,
-    logger: logger.child({ component: 'nbd' }),
+    logger,
     listen: listenSpecs(config),
   });
   for (const address of nbd.addresses) logger.info({ ...address }, 'nbd listening');

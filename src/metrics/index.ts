@@ -26,6 +26,8 @@ export class Metrics {
   readonly nbdConnections: client.Gauge<'export'>;
   /** Connections accepted since start. */
   readonly nbdConnectionsAccepted: client.Counter;
+  /** Run before nbdRequests and nbdBytes are read (see onCollect). */
+  readonly #collectHooks = new Set<() => void>();
 
   constructor(options: { collectProcess?: boolean } = {}) {
     this.registry = new client.Registry();
@@ -36,12 +38,14 @@ export class Metrics {
       help: 'NBD requests answered, by command, export and result',
       labelNames: ['command', 'export', 'result'],
       registers,
+      collect: () => this.#runCollectHooks(),
     });
     this.nbdBytes = new client.Counter({
       name: 'diffswap_nbd_payload_bytes_total',
       help: 'Payload bytes of NBD READ and WRITE requests',
       labelNames: ['command', 'export'],
       registers,
+      collect: () => this.#runCollectHooks(),
     });
     this.nbdLatency = new client.Histogram({
       name: 'diffswap_nbd_request_duration_seconds',
@@ -67,5 +71,19 @@ export class Metrics {
       help: 'NBD connections accepted since start',
       registers,
     });
+  }
+
+  /**
+   * Registers a hook that adds locally kept counts to nbdRequests / nbdBytes just before they
+   * are read (scrape, tests), so the data path can count with plain integers. Returns a
+   * function that removes the hook.
+   */
+  onCollect(hook: () => void): () => void {
+    this.#collectHooks.add(hook);
+    return () => this.#collectHooks.delete(hook);
+  }
+
+  #runCollectHooks() {
+    for (const hook of this.#collectHooks) hook();
   }
 }

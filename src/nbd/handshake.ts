@@ -1,0 +1,324 @@
+/**
+ * Option haggling (fixed newstyle), independent of the socket: the negotiator receives parsed
+ * frames, sends replies through a callback and tells the connection what happens next. Every
+ * refusal is reported through `reject(reason)` so the connection can count it.
+ *
+ * STARTTLS is refused with ERR_POLICY until TLS exists. A TLS upgrade will answer ACK here,
+ * swap the transport under the connection and call `resetAfterTls()`; the reader and this
+ * class never touch the socket, so nothing else has to change.
+ */
+import { type ExportEntry, type ExportTable, transmissionFlags } from './exports.js';
+import { BLOCK_SIZE_MINIMUM, BLOCK_SIZE_PREFERRED } from './limits.js';
+import {
+  encodeExportNameReply,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeOptionError,
+  encodeOptionReply,
+  encodeRepMetaContext,
+  encodeRepServer,
+  isParseError,
+  type OptionHeader,
+  parseInfoRequest,
+  parseMetaContextRequest,
+  parseName,
+} from './messages.js';
+import {
+  BASE_ALLOCATION,
+  BASE_NAMESPACE,
+  NBD_FLAG_C_FIXED_NEWSTYLE,
+  NBD_FLAG_C_NO_ZEROES,
+  NBD_INFO_DESCRIPTION,
+  NBD_INFO_NAME,
+  NBD_OPT_ABORT,
+  NBD_OPT_EXPORT_NAME,
+  NBD_OPT_GO,
+  NBD_OPT_INFO,
+  NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_REP_ACK,
+  NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_POLICY,
+  NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_UNKNOWN,
+  NBD_REP_ERR_UNSUP,
+  NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
+  NBD_REP_SERVER,
+} from './protocol.js';
+
+/** Context id of base:allocation in SET_META_CONTEXT replies and BLOCK_STATUS chunks. */
+export const BASE_ALLOCATION_CONTEXT_ID = 1;
+/** LIST_META_CONTEXT replies carry id 0: the ids only mean something after SET. */
+const LISTED_CONTEXT_ID = 0;
+
+/** What the negotiated connection carries into transmission. */
+export interface Negotiated {
+  entry: ExportEntry;
+  structuredReplies: boolean;
+  /** base:allocation was selected for this export. */
+  blockStatus: boolean;
+  transmissionFlags: number;
+}
+
+export type OptionOutcome =
+  | { kind: 'continue' }
+  /** Close the connection: ABORT (after its ACK), or a fault that leaves no other way. */
+  | { kind: 'close'; reason: string | null; message: string }
+  | { kind: 'transmission'; negotiated: Negotiated };
+
+export interface NegotiatorOptions {
+  exports: ExportTable;
+  /** Sends bytes to the client, in order. */
+  send: (buf: Buffer) => void;
+  /** Counts a refused client input by a stable reason. */
+  reject: (reason: string) => void;
+  /** Largest payload, advertised in NBD_INFO_BLOCK_SIZE. */
+  payloadBytesMax: number;
+  /** Options allowed before transmission. */
+  optionCountMax: number;
+  /** True once the server is shutting down: options get ERR_SHUTDOWN. */
+  shuttingDown: () => boolean;
+}
+
+const CONTINUE: OptionOutcome = { kind: 'continue' };
+
+export class Negotiator {
+  readonly #o: NegotiatorOptions;
+  #noZeroes = false;
+  #structuredReplies = false;
+  /** Canonical name of the export base:allocation was selected for; null if none. */
+  #metaContextExport: string | null = null;
+  #optionCount = 0;
+
+  constructor(options: NegotiatorOptions) {
+    this.#o = options;
+  }
+
+  /** Client flags: only the two bits we offered may be set, else the spec says disconnect. */
+  onClientFlags(flags: number): OptionOutcome {
+    const known = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
+    if ((flags & ~known) !== 0 || (flags & NBD_FLAG_C_FIXED_NEWSTYLE) === 0) {
+      return this.#close('bad_client_flags', `unsupported client flags 0x${flags.toString(16)}`);
+    }
+    this.#noZeroes = (flags & NBD_FLAG_C_NO_ZEROES) !== 0;
+    return CONTINUE;
+  }
+
+  /** Forgets every negotiated state (after a TLS upgrade, as the spec requires). */
+  resetAfterTls(): void {
+    this.#structuredReplies = false;
+    this.#metaContextExport = null;
+  }
+
+  /** Handles one option request whose data has been read completely. */
+  onOption(header: OptionHeader, data: Buffer): OptionOutcome {
+    this.#optionCount++;
+    if (this.#optionCount > this.#o.optionCountMax) {
+      return this.#close('too_many_options', `more than ${this.#o.optionCountMax} options`);
+    }
+    if (this.#o.shuttingDown()) return this.#shuttingDown(header.option);
+    switch (header.option) {
+      case NBD_OPT_EXPORT_NAME:
+        return this.#exportName(data);
+      case NBD_OPT_ABORT:
+        this.#reply(header.option, NBD_REP_ACK);
+        return { kind: 'close', reason: null, message: 'client aborted negotiation' };
+      case NBD_OPT_LIST:
+        return this.#list(data);
+      case NBD_OPT_STARTTLS:
+        return this.#error(
+          NBD_OPT_STARTTLS,
+          NBD_REP_ERR_POLICY,
+          'tls_not_configured',
+          'TLS is not configured on this server',
+        );
+      case NBD_OPT_INFO:
+      case NBD_OPT_GO:
+        return this.#infoOrGo(header.option, data);
+      case NBD_OPT_STRUCTURED_REPLY:
+        return this.#structuredReply(data);
+      case NBD_OPT_LIST_META_CONTEXT:
+      case NBD_OPT_SET_META_CONTEXT:
+        return this.#metaContext(header.option, data);
+      default:
+        return this.#error(
+          header.option,
+          NBD_REP_ERR_UNSUP,
+          'unknown_option',
+          `option ${header.option} is not supported`,
+        );
+    }
+  }
+
+  #shuttingDown(option: number): OptionOutcome {
+    if (option === NBD_OPT_EXPORT_NAME) {
+      return this.#close('shutting_down', 'server is shutting down');
+    }
+    if (option === NBD_OPT_ABORT) {
+      this.#reply(option, NBD_REP_ACK);
+      return { kind: 'close', reason: null, message: 'client aborted negotiation' };
+    }
+    return this.#error(option, NBD_REP_ERR_SHUTDOWN, 'shutting_down', 'server is shutting down');
+  }
+
+  /** Old-style export choice: no way to report errors, so failures close the connection. */
+  #exportName(data: Buffer): OptionOutcome {
+    const name = parseName(data, 0, data.length);
+    if (isParseError(name)) return this.#close(name.reason, name.message);
+    const entry = this.#o.exports.lookup(name);
+    if (entry === undefined) return this.#close('unknown_export', `no export named '${name}'`);
+    const negotiated = this.#negotiated(entry);
+    this.#o.send(
+      encodeExportNameReply(entry.sizeBytes, negotiated.transmissionFlags, this.#noZeroes),
+    );
+    return { kind: 'transmission', negotiated };
+  }
+
+  #list(data: Buffer): OptionOutcome {
+    if (data.length !== 0) {
+      return this.#error(
+        NBD_OPT_LIST,
+        NBD_REP_ERR_INVALID,
+        'option_bad_length',
+        'LIST takes no data',
+      );
+    }
+    for (const entry of this.#o.exports.list()) {
+      this.#reply(NBD_OPT_LIST, NBD_REP_SERVER, encodeRepServer(entry.name, entry.description));
+    }
+    this.#reply(NBD_OPT_LIST, NBD_REP_ACK);
+    return CONTINUE;
+  }
+
+  #infoOrGo(option: number, data: Buffer): OptionOutcome {
+    const request = parseInfoRequest(data);
+    if (isParseError(request)) {
+      return this.#error(option, NBD_REP_ERR_INVALID, request.reason, request.message);
+    }
+    const entry = this.#o.exports.lookup(request.name);
+    if (entry === undefined) {
+      return this.#error(
+        option,
+        NBD_REP_ERR_UNKNOWN,
+        'unknown_export',
+        `no export named '${request.name}'`,
+      );
+    }
+    const flags = transmissionFlags(entry, this.#structuredReplies);
+    this.#reply(option, NBD_REP_INFO, encodeInfoExport(entry.sizeBytes, flags));
+    const asked = new Set(request.infos);
+    if (asked.has(NBD_INFO_NAME)) {
+      this.#reply(option, NBD_REP_INFO, encodeInfoString(NBD_INFO_NAME, entry.name));
+    }
+    if (asked.has(NBD_INFO_DESCRIPTION)) {
+      this.#reply(option, NBD_REP_INFO, encodeInfoString(NBD_INFO_DESCRIPTION, entry.description));
+    }
+    // Sent even when not asked for (as qemu does): minimum 1 constrains nothing.
+    const blockSize = encodeInfoBlockSize(
+      BLOCK_SIZE_MINIMUM,
+      BLOCK_SIZE_PREFERRED,
+      this.#o.payloadBytesMax,
+    );
+    this.#reply(option, NBD_REP_INFO, blockSize);
+    this.#reply(option, NBD_REP_ACK);
+    if (option === NBD_OPT_INFO) return CONTINUE;
+    return { kind: 'transmission', negotiated: this.#negotiated(entry) };
+  }
+
+  #structuredReply(data: Buffer): OptionOutcome {
+    const option = NBD_OPT_STRUCTURED_REPLY;
+    if (data.length !== 0) {
+      return this.#error(
+        option,
+        NBD_REP_ERR_INVALID,
+        'option_bad_length',
+        'STRUCTURED_REPLY takes no data',
+      );
+    }
+    if (this.#structuredReplies) {
+      return this.#error(
+        option,
+        NBD_REP_ERR_INVALID,
+        'repeated_option',
+        'structured replies already negotiated',
+      );
+    }
+    this.#structuredReplies = true;
+    this.#reply(option, NBD_REP_ACK);
+    return CONTINUE;
+  }
+
+  #metaContext(option: number, data: Buffer): OptionOutcome {
+    const isSet = option === NBD_OPT_SET_META_CONTEXT;
+    // SET replaces the selection even when it fails.
+    if (isSet) this.#metaContextExport = null;
+    if (!this.#structuredReplies) {
+      return this.#error(
+        option,
+        NBD_REP_ERR_INVALID,
+        'meta_context_without_sr',
+        'meta contexts need structured replies first',
+      );
+    }
+    const request = parseMetaContextRequest(data);
+    if (isParseError(request)) {
+      return this.#error(option, NBD_REP_ERR_INVALID, request.reason, request.message);
+    }
+    const entry = this.#o.exports.lookup(request.name);
+    if (entry === undefined) {
+      return this.#error(
+        option,
+        NBD_REP_ERR_UNKNOWN,
+        'unknown_export',
+        `no export named '${request.name}'`,
+      );
+    }
+    if (matchesBaseAllocation(request.queries, isSet)) {
+      const id = isSet ? BASE_ALLOCATION_CONTEXT_ID : LISTED_CONTEXT_ID;
+      this.#reply(option, NBD_REP_META_CONTEXT, encodeRepMetaContext(id, BASE_ALLOCATION));
+      if (isSet) this.#metaContextExport = entry.name;
+    }
+    this.#reply(option, NBD_REP_ACK);
+    return CONTINUE;
+  }
+
+  #negotiated(entry: ExportEntry): Negotiated {
+    return {
+      entry,
+      structuredReplies: this.#structuredReplies,
+      // A selection made for another export is void once this one is chosen.
+      blockStatus: this.#structuredReplies && this.#metaContextExport === entry.name,
+      transmissionFlags: transmissionFlags(entry, this.#structuredReplies),
+    };
+  }
+
+  #reply(option: number, type: number, data?: Buffer) {
+    this.#o.send(encodeOptionReply(option, type, data));
+  }
+
+  #error(option: number, type: number, reason: string, message: string): OptionOutcome {
+    this.#o.reject(reason);
+    this.#o.send(encodeOptionError(option, type, message));
+    return CONTINUE;
+  }
+
+  #close(reason: string, message: string): OptionOutcome {
+    this.#o.reject(reason);
+    return { kind: 'close', reason, message };
+  }
+}
+
+/**
+ * Whether the queries select base:allocation. For LIST, no query means every context and the
+ * bare namespace is a wildcard; for SET only the full name selects it. Unknown names are
+ * ignored, as the spec asks.
+ */
+export function matchesBaseAllocation(queries: readonly string[], isSet: boolean): boolean {
+  if (!isSet && queries.length === 0) return true;
+  return queries.some((q) => q === BASE_ALLOCATION || (!isSet && q === BASE_NAMESPACE));
+}
