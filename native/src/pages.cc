@@ -86,12 +86,19 @@ uint32_t BlockHash(const uint8_t* block) {
 }
 
 void GearMaxima(const uint8_t* page, uint32_t* maxima) {
-  for (size_t i = 0; i < kSubChunkCount; i++) maxima[i] = 0;
+  constexpr size_t kSubChunkBytes = kPageSize / kSubChunkCount;
+  static_assert(kSubChunkBytes == size_t{1} << kSubChunkShift, "sub-chunk size");
   uint32_t fp = 0;
-  for (size_t i = 0; i < kPageSize; i++) {
-    fp = (fp << 1) + kGear.words[page[i]];
-    uint32_t& best = maxima[i >> kSubChunkShift];
-    if (fp > best) best = fp;
+  for (size_t chunk = 0; chunk < kSubChunkCount; chunk++) {
+    // The running maximum stays in a register; the hash carries on across sub-chunks,
+    // exactly as the TypeScript twin's single loop does.
+    const uint8_t* p = page + chunk * kSubChunkBytes;
+    uint32_t best = 0;
+    for (size_t i = 0; i < kSubChunkBytes; i++) {
+      fp = (fp << 1) + kGear.words[p[i]];
+      best = fp > best ? fp : best;
+    }
+    maxima[chunk] = best;
   }
 }
 

@@ -1,0 +1,128 @@
+/**
+ * Tuning knobs of the page store: every bounded queue, cache and size, in one place, each
+ * with the reason for its default. Keys are plain numbers and strings so the config file
+ * maps onto them directly.
+ */
+import { DeviceError } from '../device/types.js';
+
+export interface StoreTuning {
+  /** Compressor for pages stored alone: 'zstd' (default) or 'lz4' (zram-like, faster). */
+  compressor: 'zstd' | 'lz4';
+  /** zstd level. 3: within 2% of level 9's size at a fifth of its CPU (DESIGN.md). */
+  compressionLevel: number;
+  /**
+   * Pages the write-back buffer holds before writers wait (backpressure). 16,384 pages =
+   * 64 MiB: absorbs a burst of a few hundred milliseconds at full ingest speed.
+   */
+  writeBufferPages: number;
+  /**
+   * Most pages encoded and committed as one batch. 2,048 pages keeps a commit's fsync cost
+   * (a few ms) small against its encode time (~50 ms) without holding much memory.
+   */
+  batchPagesMax: number;
+  /**
+   * How long a small batch waits for more pages before it is encoded anyway (unless a FLUSH
+   * or FUA asks for it at once). Latest-write-wins inside the window saves encoding work.
+   */
+  commitIntervalMs: number;
+  /**
+   * Pages encoded between two yields to the event loop: 16 pages is about 0.5-1 ms of work
+   * (more on a loaded machine), the longest a read waits behind the encoder.
+   */
+  encodeSlicePages: number;
+  /** Decoded reference pages cached for deltas and dedup checks: 2,048 x 4 KiB = 8 MiB. */
+  referenceCachePages: number;
+  /**
+   * Bytes after which a segment is sealed and a new one started. 64 MiB: few files, and a
+   * compaction step copies at most this much.
+   */
+  segmentBytesMax: number;
+  /**
+   * Background compaction rewrites a sealed segment once its live share falls under this.
+   * 0.5: each rewritten byte frees at least one; write amplification stays under 2x.
+   */
+  compactLiveRatioMin: number;
+  /**
+   * An explicit `compact()` rewrites every segment under this live share. 0.9: afterwards
+   * segments hold at most ~11% garbage, inside the 1.15x space bound with headers.
+   */
+  compactExplicitLiveRatioMin: number;
+  /**
+   * Bytes of records a compaction step reads before it lets writes and reads in again.
+   * 1 MiB: a step then pauses the event loop for a few milliseconds at most.
+   */
+  compactStepBytes: number;
+  /** Which similarity features find delta bases: 'both', 'blocks' or 'superfeatures'. */
+  similarity: 'both' | 'blocks' | 'superfeatures';
+  /** Open segment descriptors kept; far below the usual 1,024 fd limit. */
+  openSegmentsMax: number;
+  /**
+   * Pending trim/zero ranges (each may span the whole device) before callers wait; they are
+   * applied ahead of page writes, so many at once would stall writes.
+   */
+  rangeOpsMax: number;
+  /** Mapped pages a trim releases per commit: bounds one commit's size and pause. */
+  rangeOpStepPages: number;
+}
+
+export const DEFAULT_STORE_TUNING: Readonly<StoreTuning> = Object.freeze({
+  compressor: 'zstd',
+  compressionLevel: 3,
+  writeBufferPages: 16_384,
+  batchPagesMax: 2_048,
+  commitIntervalMs: 5,
+  encodeSlicePages: 16,
+  referenceCachePages: 2_048,
+  segmentBytesMax: 64 * 1024 * 1024,
+  compactLiveRatioMin: 0.5,
+  compactExplicitLiveRatioMin: 0.9,
+  compactStepBytes: 1024 * 1024,
+  similarity: 'both',
+  openSegmentsMax: 256,
+  rangeOpsMax: 64,
+  rangeOpStepPages: 16_384,
+});
+
+/** Hard ceiling of a segment: record offsets are stored in 48 bits, sizes as numbers. */
+const SEGMENT_BYTES_CEILING = 2 ** 40;
+
+/** Defaults overlaid with `partial`, validated; throws DeviceError EINVAL listing problems. */
+export function resolveTuning(partial: Partial<StoreTuning> = {}): StoreTuning {
+  const tuning: StoreTuning = { ...DEFAULT_STORE_TUNING, ...partial };
+  const problems: string[] = [];
+  const positiveInts: (keyof StoreTuning)[] = [
+    'writeBufferPages',
+    'batchPagesMax',
+    'encodeSlicePages',
+    'referenceCachePages',
+    'segmentBytesMax',
+    'compactStepBytes',
+    'openSegmentsMax',
+    'rangeOpsMax',
+    'rangeOpStepPages',
+  ];
+  for (const key of positiveInts) {
+    const value = tuning[key];
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
+      problems.push(`${key} must be a positive integer (got ${String(value)})`);
+    }
+  }
+  if (!(tuning.commitIntervalMs >= 0)) problems.push('commitIntervalMs must be >= 0');
+  for (const key of ['compactLiveRatioMin', 'compactExplicitLiveRatioMin'] as const) {
+    if (!(tuning[key] >= 0 && tuning[key] <= 1)) problems.push(`${key} must be in [0, 1]`);
+  }
+  if (tuning.segmentBytesMax > SEGMENT_BYTES_CEILING) {
+    problems.push(`segmentBytesMax must be at most ${SEGMENT_BYTES_CEILING}`);
+  }
+  if (tuning.compressor !== 'zstd' && tuning.compressor !== 'lz4') {
+    problems.push(`compressor must be 'zstd' or 'lz4' (got ${String(tuning.compressor)})`);
+  }
+  if (!['both', 'blocks', 'superfeatures'].includes(tuning.similarity)) {
+    problems.push(`similarity must be 'both', 'blocks' or 'superfeatures'`);
+  }
+  if (!Number.isInteger(tuning.compressionLevel)) problems.push('compressionLevel: an integer');
+  if (problems.length > 0) {
+    throw new DeviceError('EINVAL', `invalid store tuning: ${problems.join('; ')}`);
+  }
+  return Object.freeze(tuning);
+}
