@@ -1,0 +1,135 @@
+// `diffswap analyze` as a user runs it (the built CLI): reports, JSON, chart, ELF cores, and
+// clear messages with documented exit codes for bad input.
+import assert from 'node:assert/strict';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { PAGE_SIZE } from '../../src/device/types.js';
+import { runTool } from '../helpers/exec.js';
+import { makeTempDir, randomBytes } from '../helpers/files.js';
+
+const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+
+function analyze(args: string[]) {
+  return runTool(process.execPath, [cli, 'analyze', '--no-progress', '--workers', '1', ...args]);
+}
+
+/**
+ * A minimal 64-bit little-endian ELF core (System V gABI): the header, a PT_NOTE and two
+ * PT_LOAD program headers, then each segment's bytes at a page-aligned offset.
+ */
+function elfCore(segments: Buffer[]): Buffer {
+  const phentsize = 56;
+  const phnum = segments.length + 1;
+  const header = Buffer.alloc(64);
+  header.writeUInt32LE(0x464c457f, 0);
+  header[4] = 2; // ELFCLASS64
+  header[5] = 1; // ELFDATA2LSB
+  header[6] = 1; // EV_CURRENT
+  header.writeUInt16LE(4, 16); // ET_CORE
+  header.writeUInt16LE(62, 18); // EM_X86_64
+  header.writeUInt32LE(1, 20);
+  header.writeBigUInt64LE(64n, 32); // e_phoff
+  header.writeUInt16LE(64, 52); // e_ehsize
+  header.writeUInt16LE(phentsize, 54);
+  header.writeUInt16LE(phnum, 56);
+  const table = Buffer.alloc(phnum * phentsize);
+  table.writeUInt32LE(4, 0); // PT_NOTE, ignored
+  let offset = PAGE_SIZE;
+  segments.forEach((segment, i) => {
+    const at = (i + 1) * phentsize;
+    table.writeUInt32LE(1, at); // PT_LOAD
+    table.writeBigUInt64LE(BigInt(offset), at + 8); // p_offset
+    table.writeBigUInt64LE(BigInt(segment.length), at + 32); // p_filesz
+    table.writeBigUInt64LE(BigInt(segment.length), at + 40); // p_memsz
+    offset += segment.length;
+  });
+  const headerPage = Buffer.alloc(PAGE_SIZE);
+  Buffer.concat([header, table]).copy(headerPage);
+  return Buffer.concat([headerPage, ...segments]);
+}
+
+describe('diffswap analyze (CLI)', () => {
+  let dir: Awaited<ReturnType<typeof makeTempDir>>;
+  before(async () => {
+    dir = await makeTempDir('diffswap-analyze-cli-');
+  });
+  after(async () => dir.remove());
+
+  it('prints the tables and writes JSON and an SVG chart', async () => {
+    const image = join(dir.path, 'mixed.img');
+    const random = randomBytes(8 * PAGE_SIZE, 3);
+    await writeFile(image, Buffer.concat([Buffer.alloc(4 * PAGE_SIZE), random, random]));
+    const json = join(dir.path, 'report.json');
+    const chart = join(dir.path, 'chart.svg');
+    const result = await analyze([image, '--json', json, '--chart', chart, '--sample', '50']);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /zero\s+4\s+20\.0%/);
+    assert.match(result.stdout, /duplicate, same file\s+8\s+40\.0%/);
+    assert.match(result.stdout, /all combined/);
+    assert.match(result.stdout, /Patch algorithms/);
+    const report = JSON.parse(await readFile(json, 'utf8'));
+    assert.equal(report.pageCount, 20);
+    assert.equal(report.classes.uniqueRaw, 8);
+    const svg = await readFile(chart, 'utf8');
+    assert.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+    assert.ok((svg.match(/<rect /g) ?? []).length > report.techniques.length);
+  });
+
+  it('reads the memory segments of an ELF core file', async () => {
+    const core = join(dir.path, 'core');
+    const random = randomBytes(3 * PAGE_SIZE, 9);
+    await writeFile(core, elfCore([Buffer.alloc(2 * PAGE_SIZE), random]));
+    const result = await analyze([core, '--exact-only', '--json', '-']);
+    assert.equal(result.code, 0, result.stderr);
+    const report = JSON.parse(result.stdout);
+    assert.equal(report.files[0].format, 'elf-core');
+    assert.equal(report.pageCount, 5, 'the header page is not memory');
+    assert.equal(report.classes.zero, 2);
+    assert.equal(report.classes.uniqueRaw, 3);
+  });
+
+  it('reports a tail that is not a whole page and analyzes the rest', async () => {
+    const image = join(dir.path, 'tail.img');
+    await writeFile(image, Buffer.concat([Buffer.alloc(2 * PAGE_SIZE), Buffer.alloc(100, 1)]));
+    const result = await analyze([image, '--exact-only', '--json', '-']);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stderr, /tail\.img: size is not a multiple of 4 KiB; the last 100 bytes/);
+    const report = JSON.parse(result.stdout);
+    assert.equal(report.pageCount, 2);
+    assert.equal(report.files[0].tailBytes, 100);
+  });
+
+  it('refuses a missing file, a directory, an empty file with exit code 3', async () => {
+    const empty = join(dir.path, 'empty.img');
+    await writeFile(empty, '');
+    const subdir = join(dir.path, 'subdir');
+    await mkdir(subdir);
+    const small = join(dir.path, 'small.img');
+    await writeFile(small, Buffer.alloc(100));
+    const cases: Array<[string, RegExp]> = [
+      [join(dir.path, 'missing.img'), /missing\.img: no such file/],
+      [subdir, /subdir: is a directory/],
+      [empty, /empty\.img: empty file/],
+      [small, /small\.img: 100 bytes, smaller than one 4 KiB page/],
+    ];
+    for (const [path, message] of cases) {
+      const result = await analyze([path]);
+      assert.equal(result.code, 3, `${path}: ${result.stderr}`);
+      assert.match(result.stderr, message);
+      assert.equal(result.stdout, '');
+    }
+  });
+
+  it('refuses bad usage with exit code 2 and prints help with 0', async () => {
+    for (const args of [[], ['x.img', '--sample', 'many'], ['x.img', '--chart', 'out.png']]) {
+      const result = await analyze(args);
+      assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
+      assert.match(result.stderr, /Usage: diffswap analyze/);
+    }
+    const help = await analyze(['--help']);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /Exit codes: 0 report written/);
+  });
+});
