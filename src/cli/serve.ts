@@ -5,15 +5,22 @@
  */
 import { mkdirSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { type Config, ConfigError, type ConfigOverrides, buildConfig, readConfigFile,
-  redactConfig, validateStoreKeys } from '../config/index.js';
+import {
+  buildConfig,
+  type Config,
+  ConfigError,
+  type ConfigOverrides,
+  readConfigFile,
+  redactConfig,
+  validateStoreKeys,
+} from '../config/index.js';
 import { MemoryBackend } from '../device/memory.js';
 import type { Backend } from '../device/types.js';
+import { startHttpServer } from '../http/index.js';
 import { createLogger, type Logger } from '../log/index.js';
 import { Metrics } from '../metrics/index.js';
-import { type ListenSpec, startNbdServer } from '../nbd/server.js';
-import { startHttpServer } from '../http/index.js';
 import { applyHostSafety } from '../native/host.js';
+import { type ListenSpec, startNbdServer } from '../nbd/server.js';
 import { version } from './version.js';
 
 export const SERVE_USAGE = `Usage: diffswap serve [options]

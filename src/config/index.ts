@@ -6,11 +6,11 @@
  * and what to write instead. Unknown keys are errors (a typo must not silently do nothing).
  */
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
 import { isIP } from 'node:net';
+import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { PAGE_SIZE, type ExportSpec, type TechniqueSwitches } from '../device/types.js';
+import { type ExportSpec, PAGE_SIZE, type TechniqueSwitches } from '../device/types.js';
 import { parseSize } from './size.js';
 
 /** Where a listener binds: TCP or a Unix socket path. */
@@ -284,7 +284,9 @@ export function validateStoreKeys(
       const hint = near ? `did you mean '${near}'?` : `known keys: ${known.join(', ')}`;
       problems.push(`unknown key 'store.${key}': ${hint}`);
     } else if (typeof value !== typeof defaults[key]) {
-      problems.push(`store.${key}: expected a ${typeof defaults[key]}, got ${JSON.stringify(value)}`);
+      problems.push(
+        `store.${key}: expected a ${typeof defaults[key]}, got ${JSON.stringify(value)}`,
+      );
     }
   }
   return problems;

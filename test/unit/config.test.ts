@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import {
   buildConfig,
   ConfigError,
@@ -110,14 +110,19 @@ describe('config', () => {
     assert.equal(problems.length, 4, problems.join('\n'));
     assert.ok(problems.some((p) => p.includes('nbd.listen') && p.includes('HOST:PORT')));
     assert.ok(problems.some((p) => p.includes('exports[0].size') && p.includes('8GiB')));
-    assert.ok(problems.some((p) => p.includes('exports[1].size') && p.includes('multiple of 4 KiB')));
+    assert.ok(
+      problems.some((p) => p.includes('exports[1].size') && p.includes('multiple of 4 KiB')),
+    );
     assert.ok(problems.some((p) => p.includes("'a' is listed twice")));
   });
 
   it('rejects unknown keys and suggests the near one', () => {
     const path = writeConfig('data: /x\nnbd:\n  lisen: "127.0.0.1:1"\nexprots: []\n');
     const problems = problemsOf(() => readConfigFile(path));
-    assert.ok(problems.some((p) => p.includes("'nbd.lisen'") && p.includes("'listen'")), problems.join('\n'));
+    assert.ok(
+      problems.some((p) => p.includes("'nbd.lisen'") && p.includes("'listen'")),
+      problems.join('\n'),
+    );
     assert.ok(problems.some((p) => p.includes("'exprots'") && p.includes("'exports'")));
   });
 
