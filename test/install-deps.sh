@@ -12,7 +12,7 @@ DEBIAN_PACKAGES=(
   qemu-system-x86                  # the guest that swaps onto an export
   busybox-static cpio kmod         # the guest's initramfs
   chromium                         # the dashboard's browser test
-  systemd                          # systemd-analyze verify of deploy/diffswap.service
+  systemd nbd-client               # systemd-analyze verify of the units; deploy/diffswap-swap.sh
   util-linux e2fsprogs             # losetup/mkfs for the full-disk tests, prlimit, setpriv
   zstd lz4 ca-certificates
 )
