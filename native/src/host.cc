@@ -15,6 +15,7 @@
 // Only calls made from the node executable (V8, libuv, node itself) go through its GOT;
 // libraries keep their own. That is where the discards come from.
 #include <elf.h>
+#include <fcntl.h>
 #include <link.h>
 #include <napi.h>
 #include <sys/mman.h>
@@ -212,6 +213,23 @@ Napi::Value GetIoFlusher(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), result < 0 ? -errno : result);
 }
 
+// punchHole(fd: number, offset: number, length: number): errno. Frees the file blocks of a
+// range without changing the file's size (reads of it then return zeros): the page store
+// gives dead segment bytes back to the filesystem in place, which works on a full disk where
+// copying live records out first cannot. EOPNOTSUPP on filesystems without hole punching.
+Napi::Value PunchHole(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    Napi::TypeError::New(env, "punchHole(fd, offset, length)").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  off_t offset = static_cast<off_t>(info[1].As<Napi::Number>().Int64Value());
+  off_t length = static_cast<off_t>(info[2].As<Napi::Number>().Int64Value());
+  int result = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+  return Napi::Number::New(env, ErrnoOf(result));
+}
+
 }  // namespace
 
 void RegisterHost(Napi::Env env, Napi::Object exports) {
@@ -223,4 +241,5 @@ void RegisterHost(Napi::Env env, Napi::Object exports) {
               Napi::Function::New(env, DiscardUnlockCount, "discardUnlockCount"));
   exports.Set("setIoFlusher", Napi::Function::New(env, SetIoFlusher, "setIoFlusher"));
   exports.Set("getIoFlusher", Napi::Function::New(env, GetIoFlusher, "getIoFlusher"));
+  exports.Set("punchHole", Napi::Function::New(env, PunchHole, "punchHole"));
 }

@@ -10,8 +10,10 @@ import { silentLogger } from '../log/index.js';
 const USAGE = `Usage: diffswap check [--config FILE] [--data DIR] [--repair] [--json]
 
 Walks every object and mapping of a stopped store, verifies checksums and reference counts,
-and reports damage by export and page offset. --repair fixes what can be fixed (reference
-counts, index entries) and unmaps pages whose data is lost, so they read as errors no more.`;
+and reports damage by export and page offset. --repair sets reference counts and segment
+live bytes to the recount and deletes objects nothing refers to; pages whose data is lost stay
+mapped and keep answering EIO (TRIM them to clear them). --json prints the report only.
+Exit status: 0 consistent (or fully repaired), 1 problems or damaged pages remain, 2 usage.`;
 
 export async function run(argv: string[]): Promise<number> {
   let values: { config?: string; data?: string; repair?: boolean; json?: boolean; help?: boolean };
@@ -49,9 +51,20 @@ export async function run(argv: string[]): Promise<number> {
     });
     try {
       const report = await opened.check({ repair: values.repair ?? false });
-      console.log(JSON.stringify(report, null, values.json ? 2 : 2));
-      const damaged = (report as { damaged?: unknown[] }).damaged;
-      return Array.isArray(damaged) && damaged.length > 0 && !values.repair ? 1 : 0;
+      console.log(JSON.stringify(report, null, 2));
+      // Healthy, or every problem repaired and no page damaged: 0. Anything left: 1.
+      const unrepaired = report.problems.length - report.repaired;
+      const clean = report.damagedTotal === 0 && unrepaired <= 0;
+      if (!values.json) {
+        console.error(
+          clean
+            ? `diffswap check: ${report.objectsChecked} objects and ${report.mappingsChecked} ` +
+                `mappings checked, ${report.repaired} repaired, no damage`
+            : `diffswap check: ${report.problems.length} problem(s), ${report.repaired} ` +
+                `repaired, ${report.damagedTotal} damaged page(s)`,
+        );
+      }
+      return clean ? 0 : 1;
     } finally {
       await opened.close();
     }

@@ -82,11 +82,29 @@ async function openBackend(config: Readonly<Config>, logger: Logger): Promise<Ba
   const problems = validateStoreKeys(config.store, store.DEFAULT_STORE_TUNING);
   if (problems.length > 0) throw new ConfigError(problems);
   mkdirSync(config.dataDir, { recursive: true });
+  guardUnhandledRejections(logger, store.isStrayCommitRejection);
   return store.openPageStore({
     dataDir: config.dataDir,
     exports: [...config.exports],
     logger,
     tuning: { ...config.store },
+  });
+}
+
+/**
+ * A failed LMDB commit (a full disk) reaches the store through its own promise, but lmdb-js
+ * also leaves an internal one rejected; Node would end the process for it. Those are let
+ * pass at debug; any other unhandled rejection is a bug and ends the server as Node would.
+ */
+function guardUnhandledRejections(logger: Logger, isStray: (reason: unknown) => boolean) {
+  process.on('unhandledRejection', (reason) => {
+    if (isStray(reason)) {
+      logger.debug({ err: reason }, 'ignored the stray rejection of a failed index commit');
+      return;
+    }
+    logger.fatal({ err: reason }, 'unhandled promise rejection');
+    logger.flush();
+    process.exit(1);
   });
 }
 

@@ -15,6 +15,7 @@
  * whole; the store serialises commits and keeps uncommitted changes in its own overlay.
  */
 import { statSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { type Database, open, type RootDatabase } from 'lmdb';
 import {
@@ -182,9 +183,23 @@ export class IndexDb {
     return out;
   }
 
-  /** Applies `changes` in one durable transaction; resolves once it is on disk. */
+  /**
+   * Applies `changes` in one durable transaction; resolves once it is on disk. A failed
+   * commit rejects with the cause lmdb-js keeps behind `commitError` (its errno in `code`,
+   * e.g. 'ENOSPC' on a full disk), so callers can tell a full disk from a fault.
+   */
   async commit(changes: IndexChanges): Promise<void> {
-    await this.#root.transaction(() => this.#apply(changes));
+    try {
+      await this.#root.transaction(() => this.#apply(changes));
+    } catch (error) {
+      const inner = (error as { commitError?: Promise<unknown> }).commitError;
+      if (!inner) throw error;
+      const cause = await inner.then(
+        () => error,
+        (reason: unknown) => reason,
+      );
+      throw indexError(cause);
+    }
   }
 
   #apply(changes: IndexChanges): void {
@@ -228,6 +243,35 @@ export class IndexDb {
   async close(): Promise<void> {
     await this.#root.close();
   }
+}
+
+/** lmdb-js reports errno as a number in `code`; name it as Node does ('ENOSPC'). */
+function indexError(cause: unknown): Error {
+  const error = cause instanceof Error ? cause : new Error(String(cause));
+  const code = (error as { code?: unknown }).code;
+  const named = typeof code === 'number' ? errnoName(code) : undefined;
+  if (named) Object.assign(error, { code: named, errno: -(code as number) });
+  return error;
+}
+
+function errnoName(errno: number): string | undefined {
+  for (const [name, value] of Object.entries(osConstants.errno)) {
+    if (value === errno) return name;
+  }
+  return undefined;
+}
+
+/**
+ * lmdb-js leaves one internal promise of each failed commit rejected with nobody to handle
+ * it (the commit's own caller gets the error through `commit()` above). True for those, so
+ * a process-wide handler can let them pass and still treat every other one as fatal.
+ */
+export function isStrayCommitRejection(reason: unknown): boolean {
+  return (
+    reason instanceof Error &&
+    reason.message.startsWith('Commit failed (see commitError') &&
+    'commitError' in reason
+  );
 }
 
 /** Opens (creating when absent) the index under `path`, a directory. */

@@ -91,6 +91,7 @@ interface HostAddon {
   getIoFlusher(): number;
   installDiscardHook(): number;
   discardUnlockCount(): number;
+  punchHole(fd: number, offset: number, length: number): number;
 }
 
 function hostAddon(): HostAddon | null {
@@ -317,4 +318,19 @@ export function refreshHostSafety(report: HostSafetyReport): HostSafetyReport {
 /** CAP_SYS_RESOURCE in the effective set: PR_SET_IO_FLUSHER and a lower OOM score need it. */
 export function hasSysResource(): boolean {
   return hasCapability(CAP_SYS_RESOURCE);
+}
+
+/** True when the native addon can punch holes (no TypeScript twin: Node has no fallocate). */
+export function canPunchHoles(): boolean {
+  return typeof hostAddon()?.punchHole === 'function';
+}
+
+/**
+ * Frees the blocks of `[offset, offset + length)` of an open file, keeping its size; returns
+ * 0 or an errno (EOPNOTSUPP without the native addon or on a filesystem that cannot).
+ */
+export function punchHole(fd: number, offset: number, length: number): number {
+  const addon = hostAddon();
+  if (!addon || typeof addon.punchHole !== 'function') return constants.errno.EOPNOTSUPP;
+  return addon.punchHole(fd, offset, length);
 }

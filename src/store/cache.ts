@@ -41,6 +41,10 @@ export class PageCache {
     this.#pages.delete(objectId);
   }
 
+  clear(): void {
+    this.#pages.clear();
+  }
+
   get size(): number {
     return this.#pages.size;
   }

@@ -8,6 +8,7 @@ import type { Backend } from '../device/types.js';
 import type { CheckReport, CompactionReport } from './store.js';
 import { PageStoreImpl, type PageStoreOptions } from './store.js';
 
+export { isStrayCommitRejection } from '../index/index.js';
 export { setContentHashForTests } from './codecs.js';
 export type { CheckReport, CompactionReport, DamagedPage, PageStoreOptions } from './store.js';
 export { DEFAULT_STORE_TUNING, type StoreTuning } from './tuning.js';

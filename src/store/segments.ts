@@ -11,11 +11,20 @@
  * segment lives in the index: bytes past it are a torn tail from a crash and are cut off at
  * open, and files the index does not know are deleted (a crash between creating a segment
  * and committing it, or between committing a compaction and unlinking its source).
+ *
+ * Reclaiming in place. Copying live records out needs free space for them, which a full
+ * disk does not have. So compaction first gives the blocks of dead records back to the
+ * filesystem where they lie: a run of adjacent dead records gets one filler header (object
+ * id 0, codec FILLER_CODEC, covering the whole run, checksummed over the header alone),
+ * synced, and then the blocks inside the run are punched out (fallocate PUNCH_HOLE; the
+ * file keeps its size and reads zeros there). Scans step over a filler by its length.
+ * Only dead bytes are touched, so a crash at any point leaves every live record intact.
  */
 import assert from 'node:assert/strict';
 import {
   closeSync,
   fdatasync,
+  fdatasyncSync,
   constants as fsConstants,
   ftruncateSync,
   mkdirSync,
@@ -24,11 +33,13 @@ import {
   readSync,
   unlinkSync,
   write,
+  writeSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { crc32 } from 'node:zlib';
 import { DeviceError } from '../device/types.js';
+import { canPunchHoles, punchHole } from '../native/host.js';
 
 /** 'DSR1' little-endian: marks the start of a record for scrubs and compaction. */
 export const RECORD_MAGIC = 0x31525344;
@@ -40,6 +51,10 @@ const H_RESERVED = 16; // u32, zero
 const H_CHECKSUM = 20; // u32 CRC-32 of header bytes [0, H_CHECKSUM) then payload
 /** Bytes of a record header. */
 export const RECORD_HEADER_BYTES = 24;
+/** Codec id of a filler record: dead bytes reclaimed in place (see the design note). */
+export const FILLER_CODEC = 0xffff;
+/** Filesystem block size assumed for punching: only whole blocks inside a run are freed. */
+const PUNCH_BLOCK_BYTES = 4096;
 
 const writeAsync = promisify(write);
 const fdatasyncAsync = promisify(fdatasync);
@@ -53,6 +68,8 @@ export interface RecordLocation {
 /** A record as found by a scan of a segment (compaction, check). */
 export interface ScannedRecord {
   offset: number;
+  /** Bytes the record takes in the segment, header included. */
+  bytes: number;
   objectId: number;
   codec: number;
   payload: Buffer;
@@ -71,6 +88,27 @@ function parseSegmentFileName(name: string): number | null {
 /** Bytes a payload of `length` takes in a segment. */
 export function recordBytes(length: number): number {
   return RECORD_HEADER_BYTES + length;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** A filler's header: its checksum covers the header alone (the payload is punched out). */
+function fillerHeader(length: number): Buffer {
+  const header = Buffer.alloc(RECORD_HEADER_BYTES);
+  header.writeUInt32LE(RECORD_MAGIC, H_MAGIC);
+  header.writeUInt32LE(length, H_LENGTH);
+  header.writeUInt16LE(FILLER_CODEC, H_CODEC);
+  header.writeUInt32LE(crc32(header.subarray(0, H_CHECKSUM)), H_CHECKSUM);
+  return header;
+}
+
+function isFiller(header: Buffer): boolean {
+  return (
+    header.readUInt32LE(H_MAGIC) === RECORD_MAGIC &&
+    header.readUInt16LE(H_CODEC) === FILLER_CODEC &&
+    header.readUIntLE(H_OBJECT_ID, 6) === 0 &&
+    crc32(header.subarray(0, H_CHECKSUM)) === header.readUInt32LE(H_CHECKSUM)
+  );
 }
 
 /** Builds the header of a record for `payload`. */
@@ -135,7 +173,7 @@ export class SegmentFiles {
       if (id === null) continue;
       const record = committed.get(id);
       if (!record) {
-        unlinkSync(join(this.#dir, name));
+        this.remove(id);
         deleted.push(id);
         continue;
       }
@@ -242,6 +280,24 @@ export class SegmentFiles {
     while (at + RECORD_HEADER_BYTES <= got) {
       const header = chunk.subarray(at, at + RECORD_HEADER_BYTES);
       const length = header.readUInt32LE(H_LENGTH);
+      if (isFiller(header)) {
+        // Reclaimed dead bytes: step over them without reading what was punched out.
+        if (fromOffset + at + recordBytes(length) > endOffset) {
+          throw new DeviceError(
+            'EIO',
+            `${segmentFileName(segmentId)}@${fromOffset + at}: filler past the end`,
+          );
+        }
+        records.push({
+          offset: fromOffset + at,
+          bytes: recordBytes(length),
+          objectId: 0,
+          codec: FILLER_CODEC,
+          payload: EMPTY,
+        });
+        at += recordBytes(length);
+        continue;
+      }
       if (at + recordBytes(length) > got) break;
       const payload = chunk.subarray(at + RECORD_HEADER_BYTES, at + recordBytes(length));
       const problem = verifyRecord(header, payload, null);
@@ -253,16 +309,57 @@ export class SegmentFiles {
       }
       records.push({
         offset: fromOffset + at,
+        bytes: recordBytes(length),
         objectId: header.readUIntLE(H_OBJECT_ID, 6),
         codec: header.readUInt16LE(H_CODEC),
         payload,
       });
       at += recordBytes(length);
     }
-    if (at === 0 && fromOffset < endOffset) {
+    if (records.length === 0 && fromOffset < endOffset) {
       throw new DeviceError('EIO', `${segmentFileName(segmentId)}@${fromOffset}: torn record`);
     }
     return { records, nextOffset: fromOffset + at };
+  }
+
+  /**
+   * Reclaims the dead runs `[start, end)` of a sealed part of a segment in place (see the
+   * design note): writes their filler headers, syncs, then punches the whole blocks inside
+   * each run. Returns the bytes punched, or null when the filesystem cannot punch holes
+   * (nothing is changed then).
+   */
+  reclaim(segmentId: number, runs: { start: number; end: number }[]): number | null {
+    const fd = this.#fd(segmentId);
+    const holes: { offset: number; length: number }[] = [];
+    for (const run of runs) {
+      const first = Math.ceil((run.start + RECORD_HEADER_BYTES) / PUNCH_BLOCK_BYTES);
+      const last = Math.floor(run.end / PUNCH_BLOCK_BYTES);
+      if (last > first) {
+        holes.push({
+          offset: first * PUNCH_BLOCK_BYTES,
+          length: (last - first) * PUNCH_BLOCK_BYTES,
+        });
+      }
+    }
+    if (holes.length === 0) return 0;
+    if (!canPunchHoles()) return null;
+    for (const run of runs) {
+      writeSync(
+        fd,
+        fillerHeader(run.end - run.start - RECORD_HEADER_BYTES),
+        0,
+        RECORD_HEADER_BYTES,
+        run.start,
+      );
+    }
+    fdatasyncSync(fd);
+    let punched = 0;
+    for (const hole of holes) {
+      const errno = punchHole(fd, hole.offset, hole.length);
+      if (errno !== 0) return punched === 0 ? null : punched;
+      punched += hole.length;
+    }
+    return punched;
   }
 
   /** Deletes a segment file (after the commit that dropped it from the index). */

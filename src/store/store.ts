@@ -85,6 +85,7 @@ import {
   zstdDeltaCodec,
 } from './codecs.js';
 import { lockStore } from './lock.js';
+import { SpaceReserve } from './reserve.js';
 import { recordBytes, SegmentFiles } from './segments.js';
 import { resolveTuning, type StoreTuning } from './tuning.js';
 
@@ -120,6 +121,8 @@ export interface CompactionReport {
   segmentBytesBefore: number;
   segmentBytesAfter: number;
   reclaimedBytes: number;
+  /** Dead bytes given back to the filesystem in place (hole punching), within segments. */
+  punchedBytes: number;
   durationMs: number;
 }
 
@@ -132,7 +135,7 @@ export interface CheckReport {
   damaged: DamagedPage[];
   /** All damaged pages, also those past the listed ones. */
   damagedTotal: number;
-  /** Problems fixed (repair is limited to recounting for now; see check()). */
+  /** Problems fixed by `repair` (reference counts, segment live bytes, orphans). */
   repaired: number;
 }
 
@@ -228,10 +231,45 @@ interface BatchContext {
 }
 
 interface CompactionJob {
+  /** A segment, or PLAN_EXPLICIT / PLAN_RECLAIM: plan the jobs of that kind first. */
   segmentId: number;
+  /** 'copy' moves live records out; 'reclaim' punches dead runs out in place. */
+  mode: 'copy' | 'reclaim';
   cursor: number;
+  /** Reclaim: a run of dead records reaching the end of the last step, carried on. */
+  run: DeadRun | null;
   /** Record bytes copied out so far; the net gain is the segment size minus these. */
   movedBytes: number;
+}
+
+interface DeadRun {
+  start: number;
+  end: number;
+  /** Holds a dead record not yet reclaimed (a lone filler needs no new one). */
+  fresh: boolean;
+}
+
+/** Job placeholders that plan an explicit compaction, or an in-place reclaim. */
+const PLAN_EXPLICIT = -1;
+const PLAN_RECLAIM = -2;
+/** Dead runs shorter than this are left alone: they cannot hold a whole block to punch. */
+const RECLAIM_RUN_MIN_BYTES = 2 * 4096;
+/** While the disk is full, how often buffered pages are tried again. */
+const NO_SPACE_RETRY_MS = 1000;
+
+function isNoSpace(error: unknown): boolean {
+  if (error instanceof DeviceError) return error.code === 'ENOSPC';
+  const e = error as { code?: unknown; errno?: unknown; message?: unknown };
+  return (
+    e.code === 'ENOSPC' ||
+    e.errno === -28 ||
+    e.errno === 28 ||
+    (typeof e.message === 'string' && /ENOSPC|No space left/i.test(e.message))
+  );
+}
+
+function copyJob(segmentId: number): CompactionJob {
+  return { segmentId, mode: 'copy', cursor: 0, run: null, movedBytes: 0 };
 }
 
 interface FlushWaiter {
@@ -325,13 +363,16 @@ export class PageStoreImpl implements Backend {
   readonly #log: Logger;
   readonly #index: IndexDb;
   readonly #files: SegmentFiles;
-  readonly #state: PersistedState;
+  #state: PersistedState;
   readonly #segments: Map<number, SegmentRecord>;
   readonly #exports = new Map<string, ExportState>();
   readonly #counters = new Map<number, ExportCounters>();
-  readonly #fanIn: FanInHistogram;
+  #fanIn: FanInHistogram;
   readonly #cache: PageCache;
   readonly #compressor: PageCodec;
+  readonly #reserve: SpaceReserve;
+  /** When the reserve may next be written again (it is tried at most once a second). */
+  #reserveRetryAtMs = 0;
 
   /** Write-back buffer: page key -> newest bytes; Map order is sequence order. */
   readonly #buffer = new Map<number, BufferedPage>();
@@ -339,12 +380,23 @@ export class PageStoreImpl implements Backend {
   /** Pages of the batch being committed: key -> bytes. */
   #inflight = new Map<number, Buffer>();
   #inflightMinSeq = Number.POSITIVE_INFINITY;
+  /** The batch being encoded, as buffered entries (see #committing.batch). */
+  #inflightBatch: BufferedPage[] = [];
+  /**
+   * Set while the data filesystem is full: buffered pages stay in memory (and readable)
+   * and are tried again every NO_SPACE_RETRY_MS or once space is freed; new writes and
+   * flushes answer ENOSPC meanwhile. `pending` is a failed commit not yet rolled back.
+   */
+  #noSpace: { error: DeviceError; retryAtMs: number } | null = null;
+  #noSpacePending: Error | null = null;
   /**
    * The previous batch while its commit runs (pipelined with the next batch's encoding):
    * its pages for reads, its lowest sequence number for FLUSH, its changes so the next
    * batch does not pick an object it killed, and the commit itself.
    */
   #committing: {
+    /** Its buffered pages, to put back if the commit finds the disk full. */
+    batch: BufferedPage[];
     pages: Map<number, Buffer>;
     minSeq: number;
     changes: IndexChanges;
@@ -387,6 +439,10 @@ export class PageStoreImpl implements Backend {
     /** Delta encodings tried against a base, and those kept (smaller than alone). */
     deltaAttempts: 0,
     deltasKept: 0,
+    /** Commits that found the disk full and were rolled back. */
+    noSpaceRollbacks: 0,
+    /** Dead segment bytes given back to the filesystem in place. */
+    punchedBytes: 0,
   };
 
   constructor(options: PageStoreOptions) {
@@ -411,6 +467,7 @@ export class PageStoreImpl implements Backend {
     }
     this.#cache = new PageCache(this.#tuning.referenceCachePages);
     this.#compressor = compressorOf(this.#tuning);
+    this.#reserve = new SpaceReserve(options.dataDir, this.#tuning.reserveBytes);
   }
 
   /** Second half of opening: reconcile files and exports, then start the writer. */
@@ -429,6 +486,12 @@ export class PageStoreImpl implements Backend {
     this.#reconcileExports(specs, changes);
     changes.state = this.#snapshotState();
     await this.#index.commit(changes);
+    if (!this.#reserve.ensure()) {
+      this.#log.warn(
+        { reserveBytes: this.#reserve.bytes, freeBytes: this.#reserve.freeBytes() },
+        'no room for the space reserve: page writes wait for free space',
+      );
+    }
     this.#writerDone = this.#writerLoop().catch((error: Error) => this.#fail(error));
     this.#log.info({ exports: specs.length, segments: this.#segments.size }, 'page store open');
   }
@@ -595,9 +658,15 @@ export class PageStoreImpl implements Backend {
     if (this.#closing) throw new DeviceError('ESHUTDOWN', 'page store is closing');
   }
 
+  /** While the disk is full and pages wait for room, new writes are refused at once. */
+  #assertSpace(): void {
+    if (this.#noSpace && this.#buffer.size > 0) throw this.#noSpace.error;
+  }
+
   /** Contract as PageDevice.writePages; the range is validated by the caller. */
   async writePages(exp: ExportState, firstPage: number, src: Buffer, options: WriteOptions) {
     this.#assertUsable();
+    this.#assertSpace();
     assert.equal(src.length % PAGE_SIZE, 0, 'writes are whole pages');
     const count = src.length / PAGE_SIZE;
     await this.#waitForSpace(count);
@@ -734,19 +803,41 @@ export class PageStoreImpl implements Backend {
   async #writerLoop(): Promise<void> {
     for (;;) {
       if (this.#failed) return;
+      // A pipelined commit that found the disk full is rolled back before anything else.
+      if (this.#noSpacePending) this.#rollBackNoSpace(this.#noSpacePending, false);
       const work = this.#nextWork();
       // Everything but the next page batch needs the previous batch committed first.
-      if (work !== 'pages' && work !== 'wait' && work !== 'idle') await this.#settleCommit();
-      if (this.#failed) return;
-      if (work === 'exclusive') await this.#exclusive.shift()?.();
-      else if (work === 'range') await this.#runRangeStep();
-      else if (work === 'pages') await this.#runPageBatch();
-      else if (work === 'compact') await this.#runCompactionStep();
-      else if (work === 'wait') {
+      if (work !== 'pages' && work !== 'wait' && work !== 'idle') {
+        await this.#settleCommit();
+        if (this.#failed) return;
+        if (this.#noSpacePending) continue;
+      }
+      try {
+        if (work === 'exclusive') await this.#exclusive.shift()?.();
+        else if (work === 'range') await this.#runRangeStep();
+        else if (work === 'pages') await this.#runPageBatch();
+        else if (work === 'compact') await this.#runCompactionStep();
+      } catch (error) {
+        if (isNoSpace(error)) {
+          const committing = this.#committing;
+          if (committing) await committing.done;
+          this.#rollBackNoSpace(this.#noSpacePending ?? (error as Error), work === 'compact');
+        } else if (work === 'compact') {
+          // A damaged segment must not stop the store: reads of its live records answer
+          // EIO on their own, and check() reports them.
+          this.#log.error({ err: error }, 'compaction step failed; compaction stopped');
+          this.#abandonCompaction(error as Error);
+        } else throw error;
+        continue;
+      }
+      if (work === 'wait') {
         const waitedMs = Date.now() - this.#bufferSinceMs;
-        await this.#sleep(Math.max(0, this.#tuning.commitIntervalMs - waitedMs));
+        const dueMs = this.#noSpace
+          ? this.#noSpace.retryAtMs - Date.now()
+          : this.#tuning.commitIntervalMs - waitedMs;
+        await this.#sleep(Math.max(0, dueMs));
       } else if (work === 'done') return;
-      else await this.#sleep(null);
+      else if (work === 'idle') await this.#sleep(null);
     }
   }
 
@@ -754,7 +845,16 @@ export class PageStoreImpl implements Backend {
     if (this.#exclusive.length > 0) return 'exclusive';
     if (this.#rangeOps.length > 0) return 'range';
     const buffered = this.#buffer.size;
-    if (buffered > 0) {
+    if (this.#noSpace && buffered === 0) {
+      this.#noSpace = null;
+      this.#log.info('no pages wait for disk space any more; writes accepted');
+    }
+    // While the disk is full, buffered pages wait for their retry time, and for compaction
+    // (which frees the space they need) to finish first.
+    const held =
+      this.#noSpace !== null &&
+      (Date.now() < this.#noSpace.retryAtMs || this.#compactionJobs.length > 0);
+    if (buffered > 0 && !held) {
       const urgent =
         buffered >= this.#tuning.batchPagesMax ||
         this.#flushWaiters.length > 0 ||
@@ -764,7 +864,7 @@ export class PageStoreImpl implements Backend {
       if (urgent) return 'pages';
     }
     if (this.#closing) return 'done';
-    const mayCompact = buffered === 0 || this.#batchesSinceCompaction >= 4;
+    const mayCompact = buffered === 0 || held || this.#batchesSinceCompaction >= 4;
     if (mayCompact && this.#hasCompactionWork()) return 'compact';
     return buffered > 0 ? 'wait' : 'idle';
   }
@@ -781,6 +881,7 @@ export class PageStoreImpl implements Backend {
     }
     for (const key of inflight.keys()) this.#buffer.delete(key);
     this.#inflight = inflight;
+    this.#inflightBatch = batch;
     this.#inflightMinSeq = minSeq;
     this.#bufferSinceMs = Date.now();
     for (const resolve of this.#spaceWaiters.splice(0)) resolve();
@@ -791,8 +892,14 @@ export class PageStoreImpl implements Backend {
     const batch = this.#takeBatch();
     const { outcomes, local } = await this.#encodeBatch(batch);
     // Phase 2 reads the committed index as the truth: the previous batch must be in it.
+    // If that commit found the disk full, this batch goes back to the buffer with it.
     await this.#settleCommit();
-    if (this.#failed) return;
+    if (this.#failed || this.#inflightBatch !== batch) return;
+    if (!this.#reserve.allows(payloadBytes(outcomes))) {
+      // The reserve is released and this batch would eat into the room kept for TRIMs and
+      // compaction: the disk counts as full (the batch goes back to the buffer).
+      throw new DeviceError('ENOSPC', 'free space is below the reserve kept for freeing space');
+    }
     const ctx: BatchContext = { changes: emptyChanges(), released: [], deadIds: [] };
     batch.forEach((entry, i) => {
       const outcome = outcomes[i];
@@ -806,6 +913,7 @@ export class PageStoreImpl implements Backend {
       ctx.changes.similar.set(key, null);
     }
     const committing = {
+      batch,
       pages: this.#inflight,
       minSeq: this.#inflightMinSeq,
       changes: ctx.changes,
@@ -813,25 +921,150 @@ export class PageStoreImpl implements Backend {
       done: Promise.resolve(),
     };
     this.#inflight = new Map();
+    this.#inflightBatch = [];
     this.#inflightMinSeq = Number.POSITIVE_INFINITY;
     committing.done = this.#commit(ctx).then(
       () => {
         if (this.#committing === committing) this.#committing = null;
+        if (this.#noSpace) {
+          this.#noSpace = null;
+          this.#log.info('disk space available again; writes accepted');
+        }
+        this.#restoreReserve();
         this.counters.batches++;
         this.counters.pagesEncoded += batch.length;
         this.#batchesSinceCompaction++;
         this.#settleFlushWaiters();
         this.#kick();
       },
-      (error: Error) => this.#fail(error),
+      (error: Error) => {
+        if (!isNoSpace(error)) return this.#fail(error);
+        // Rolled back by the writer loop, which may be asleep: wake it.
+        this.#noSpacePending = error;
+        this.#kick();
+      },
     );
     this.#committing = committing;
   }
 
-  /** Waits for the previous batch's commit, if one is running. */
+  /**
+   * Waits for the previous batch's commit, if one is running; rolls back to the committed
+   * state if that commit found the disk full.
+   */
   async #settleCommit(): Promise<void> {
     const committing = this.#committing;
     if (committing) await committing.done;
+    const pending = this.#noSpacePending;
+    if (pending) this.#rollBackNoSpace(pending, false);
+  }
+
+  /**
+   * The disk is full: forget every uncommitted change (the in-memory state is reloaded from
+   * the index, segment tails cut back), put the pages of the failed batch and of the batch
+   * being encoded back into the buffer under their old sequence numbers, answer waiting
+   * flushes with ENOSPC, release the space reserve for TRIMs and compaction, and try again
+   * later. Acknowledged writes stay in memory, readable. Compaction in progress goes on (its
+   * steps commit on their own) unless its own step is what failed.
+   */
+  #rollBackNoSpace(cause: Error, compactionFailed: boolean): void {
+    this.#noSpacePending = null;
+    this.counters.noSpaceRollbacks++;
+    const lost = [...(this.#committing?.batch ?? []), ...this.#inflightBatch];
+    this.#committing = null;
+    this.#inflight = new Map();
+    this.#inflightBatch = [];
+    this.#inflightMinSeq = Number.POSITIVE_INFINITY;
+    this.#restoreToBuffer(lost);
+    this.#reloadCommitted();
+    for (const op of this.#rangeOps) op.cursorKey = op.startKey;
+    const error = new DeviceError(
+      'ENOSPC',
+      `no space left on the data filesystem (${cause.message}); free space, or TRIM and compact`,
+    );
+    if (compactionFailed) this.#abandonCompaction(error);
+    for (const waiter of this.#flushWaiters.splice(0)) waiter.reject(error);
+    for (const resolve of this.#spaceWaiters.splice(0)) resolve();
+    const released = this.#reserve.release();
+    if (!this.#noSpace) {
+      this.#log.warn(
+        {
+          bufferedPages: this.#buffer.size,
+          reserveReleasedBytes: released ? this.#reserve.bytes : 0,
+        },
+        'data filesystem full: writes answer ENOSPC until space is freed',
+      );
+    }
+    this.#noSpace = { error, retryAtMs: Date.now() + NO_SPACE_RETRY_MS };
+  }
+
+  /**
+   * Puts rolled-back pages back in the buffer. They are older than every buffered page, so
+   * they go first; where the buffer holds a newer write of a page, its bytes win and it
+   * takes the older sequence number (a FLUSH issued in between still waits for it).
+   */
+  #restoreToBuffer(lost: BufferedPage[]): void {
+    const merged = new Map<number, BufferedPage>();
+    for (const entry of lost.sort((a, b) => a.seq - b.seq)) {
+      const key = pageKey(entry.exportState.id, entry.pageNumber);
+      const older = merged.get(key);
+      merged.set(key, older ? { ...entry, seq: older.seq } : entry);
+    }
+    for (const [key, entry] of this.#buffer) {
+      const older = merged.get(key);
+      merged.set(key, older ? { ...entry, seq: Math.min(older.seq, entry.seq) } : entry);
+    }
+    this.#buffer.clear();
+    for (const [key, entry] of merged) this.#buffer.set(key, entry);
+  }
+
+  /** Reloads the in-memory state from the committed index and cuts the files back to it. */
+  #reloadCommitted(): void {
+    this.#files.discardStaged();
+    this.#state = (this.#index.getState() as PersistedState | undefined) ?? initialState();
+    this.#segments.clear();
+    for (const [id, record] of this.#index.segmentRecords()) this.#segments.set(id, record);
+    this.#files.reconcile(this.#segments);
+    this.#counters.clear();
+    for (const [id, counters] of Object.entries(this.#state.counters)) {
+      this.#counters.set(Number(id), counters);
+    }
+    for (const exp of this.#exports.values()) {
+      if (!this.#counters.has(exp.id)) this.#counters.set(exp.id, emptyCounters());
+    }
+    this.#fanIn = FanInHistogram.fromEntries(this.#state.fanIn);
+    // Ids of objects that were never committed will be handed out again.
+    this.#cache.clear();
+  }
+
+  /**
+   * While the disk is full, a trim that freed objects retries the buffered pages soon and
+   * reclaims the dead bytes in place (copying compaction would need room first).
+   */
+  #afterSpaceFreed(): void {
+    if (!this.#noSpace) return;
+    this.#noSpace.retryAtMs = Math.min(this.#noSpace.retryAtMs, Date.now() + 50);
+    if (this.#compactionJobs.length === 0 && !this.#explicitCompaction) {
+      this.#compactionJobs.push({ ...copyJob(PLAN_RECLAIM), mode: 'reclaim' });
+    }
+  }
+
+  /** Writes the space reserve again once there is room (tried at most once a second). */
+  #restoreReserve(): void {
+    if (this.#reserve.held || Date.now() < this.#reserveRetryAtMs) return;
+    this.#reserveRetryAtMs = Date.now() + NO_SPACE_RETRY_MS;
+    if (this.#reserve.restoreIfRoom()) {
+      this.#log.info({ reserveBytes: this.#reserve.bytes }, 'space reserve restored');
+    }
+  }
+
+  /** Drops compaction work in progress (its steps are replanned from committed state). */
+  #abandonCompaction(error: Error): void {
+    this.#compactionJobs = [];
+    this.#compactionRunning = false;
+    if (this.#explicitCompaction) {
+      this.#explicitCompaction.reject(error);
+      this.#explicitCompaction = null;
+    }
   }
 
   /**
@@ -1232,7 +1465,10 @@ export class PageStoreImpl implements Backend {
       unmapped++;
     }
     this.#releaseAll(ctx);
-    if (unmapped > 0) await this.#commit(ctx);
+    if (unmapped > 0) {
+      await this.#commit(ctx);
+      if (this.#noSpace) this.#afterSpaceFreed();
+    }
     if (done) this.#rangeOps.shift();
     for (const resolve of this.#spaceWaiters.splice(0)) resolve();
     this.#settleFlushWaiters();
@@ -1378,7 +1614,7 @@ export class PageStoreImpl implements Backend {
     for (const [id, segment] of this.#segments) {
       if (id === this.#state.activeSegmentId || segment.sizeBytes === 0) continue;
       if (segment.liveBytes < segment.sizeBytes * ratio) {
-        this.#compactionJobs.push({ segmentId: id, cursor: 0, movedBytes: 0 });
+        this.#compactionJobs.push(copyJob(id));
         return true;
       }
     }
@@ -1405,13 +1641,14 @@ export class PageStoreImpl implements Backend {
           segmentBytesBefore: before,
           segmentBytesAfter: before,
           reclaimedBytes: 0,
+          punchedBytes: 0,
           durationMs: 0,
         },
         startedMs: Date.now(),
         resolve,
         reject,
       };
-      this.#compactionJobs = [{ segmentId: -1, cursor: 0, movedBytes: 0 }];
+      this.#compactionJobs = [copyJob(PLAN_EXPLICIT)];
       this.#kick();
     });
   }
@@ -1421,12 +1658,16 @@ export class PageStoreImpl implements Backend {
     assert.ok(job);
     this.#compactionRunning = true;
     this.#batchesSinceCompaction = 0;
-    if (job.segmentId === -1) {
-      await this.#planExplicitCompaction();
+    if (job.segmentId === PLAN_EXPLICIT || job.segmentId === PLAN_RECLAIM) {
+      await this.#planCompaction(job.segmentId === PLAN_EXPLICIT);
       return;
     }
     const segment = this.#segments.get(job.segmentId);
     assert.ok(segment, 'compaction job for a missing segment');
+    if (job.mode === 'reclaim') {
+      this.#reclaimStep(job, segment);
+      return;
+    }
     const ctx: BatchContext = { changes: emptyChanges(), released: [], deadIds: [] };
     const scan = this.#files.scan(
       job.segmentId,
@@ -1478,9 +1719,16 @@ export class PageStoreImpl implements Backend {
     if (explicit) this.#finishExplicitCompaction();
   }
 
-  async #planExplicitCompaction(): Promise<void> {
+  /**
+   * Plans a compaction: seals the active segment when it holds garbage, then queues an
+   * in-place reclaim of every segment with dead bytes (most garbage first: it needs no free
+   * space and frees the most), and, for an explicit compaction, a copy of every segment whose
+   * live share is under the explicit threshold (it needs room for the live records, which
+   * the reclaim has just made).
+   */
+  async #planCompaction(explicitRun: boolean): Promise<void> {
     const explicit = this.#explicitCompaction;
-    assert.ok(explicit);
+    assert.ok(explicit || !explicitRun);
     this.#compactionJobs.shift();
     const active = this.#segments.get(this.#state.activeSegmentId);
     if (active && active.sizeBytes > active.liveBytes) {
@@ -1488,13 +1736,67 @@ export class PageStoreImpl implements Backend {
       this.#rotateSegment(ctx.changes);
       await this.#commit(ctx);
     }
-    for (const [id, segment] of this.#segments) {
-      if (id === this.#state.activeSegmentId || segment.sizeBytes === 0) continue;
-      if (segment.liveBytes < segment.sizeBytes * explicit.ratio) {
-        this.#compactionJobs.push({ segmentId: id, cursor: 0, movedBytes: 0 });
+    const sealed = [...this.#segments].filter(
+      ([id, segment]) => id !== this.#state.activeSegmentId && segment.sizeBytes > 0,
+    );
+    const garbage = (segment: SegmentRecord) => segment.sizeBytes - segment.liveBytes;
+    const withGarbage = sealed.filter(([, segment]) => garbage(segment) >= RECLAIM_RUN_MIN_BYTES);
+    withGarbage.sort(([, a], [, b]) => garbage(b) - garbage(a));
+    for (const [id] of withGarbage) this.#compactionJobs.push({ ...copyJob(id), mode: 'reclaim' });
+    if (explicit && explicitRun) {
+      for (const [id, segment] of sealed) {
+        if (segment.liveBytes < segment.sizeBytes * explicit.ratio) {
+          this.#compactionJobs.push(copyJob(id));
+        }
       }
     }
-    if (this.#compactionJobs.length === 0) this.#finishExplicitCompaction();
+    this.#noteCompaction(0, false);
+  }
+
+  /**
+   * One step of an in-place reclaim: finds the runs of dead records in the next
+   * `compactStepBytes` of the segment and punches them out (see segments.ts). Nothing in
+   * the index changes, so there is nothing to commit.
+   */
+  #reclaimStep(job: CompactionJob, segment: SegmentRecord): void {
+    const scan = this.#files.scan(
+      job.segmentId,
+      job.cursor,
+      segment.sizeBytes,
+      this.#tuning.compactStepBytes,
+    );
+    const runs: DeadRun[] = [];
+    let run = job.run;
+    for (const found of scan.records) {
+      const record = found.objectId === 0 ? undefined : this.#index.getObject(found.objectId);
+      const live = record?.segmentId === job.segmentId && record.offset === found.offset;
+      const end = found.offset + found.bytes;
+      if (live) {
+        if (run) runs.push(run);
+        run = null;
+      } else if (run) {
+        run.end = end;
+        run.fresh ||= found.objectId !== 0;
+      } else {
+        run = { start: found.offset, end, fresh: found.objectId !== 0 };
+      }
+    }
+    job.cursor = scan.nextOffset;
+    const finished = job.cursor >= segment.sizeBytes;
+    if (run && finished) runs.push(run);
+    job.run = finished ? null : run;
+    const worth = runs.filter((r) => r.fresh && r.end - r.start >= RECLAIM_RUN_MIN_BYTES);
+    const punched = this.#files.reclaim(job.segmentId, worth);
+    if (punched === null) {
+      // The filesystem (or a build without the native addon) cannot punch holes: skip
+      // every reclaim job; copying compaction still works where there is room.
+      this.#compactionJobs = this.#compactionJobs.filter((j) => j.mode !== 'reclaim');
+    } else {
+      this.counters.punchedBytes += punched;
+      if (this.#explicitCompaction) this.#explicitCompaction.report.punchedBytes += punched;
+      if (finished) this.#compactionJobs.shift();
+    }
+    this.#noteCompaction(0, false);
   }
 
   #finishExplicitCompaction(): void {
@@ -1514,12 +1816,15 @@ export class PageStoreImpl implements Backend {
   /**
    * Verifies the committed store: every object's record is intact and decodes, reference
    * counts match the page map and deltas, segment live bytes match their objects, and
-   * accounting matches a recount. Waits for buffered writes first. `repair` is accepted
-   * but fixes nothing yet. TODO(store): repair (issue 7) - drop mappings to damaged objects.
+   * accounting matches a recount. Waits for buffered writes first. `repair` sets reference
+   * counts and segment live bytes to the recount and deletes objects nothing refers to; it
+   * leaves damaged pages mapped, so they keep answering EIO rather than read as zeros (an
+   * operator decides: TRIM them, or restore the guest). Per-technique accounting is not
+   * recounted.
    */
-  async check(_options: { repair: boolean }): Promise<CheckReport> {
+  async check(options: { repair: boolean }): Promise<CheckReport> {
     await this.flush();
-    return this.#runExclusive(() => this.#checkNow());
+    return this.#runExclusive(() => this.#checkNow(options.repair));
   }
 
   /** Runs `fn` in the writer loop, between two batches or compaction steps. */
@@ -1537,8 +1842,10 @@ export class PageStoreImpl implements Backend {
     });
   }
 
-  #checkNow(): CheckReport {
+  async #checkNow(repair: boolean): Promise<CheckReport> {
     const problems: string[] = [];
+    const ctx: BatchContext = { changes: emptyChanges(), released: [], deadIds: [] };
+    let repaired = 0;
     const mapRefs = new Map<number, number>();
     let mappingsChecked = 0;
     for (const [, mapping] of this.#index.allMappings()) {
@@ -1574,8 +1881,23 @@ export class PageStoreImpl implements Backend {
       if (record.deltaCount !== deltas) {
         problems.push(`object ${id}: deltaCount ${record.deltaCount} != ${deltas}`);
       }
-      if (maps === 0 && deltas === 0) problems.push(`object ${id}: unreferenced but alive`);
       mapRefs.delete(id);
+      if (maps === 0 && deltas === 0) {
+        problems.push(`object ${id}: unreferenced but alive`);
+        if (!repair) continue;
+        ctx.changes.objects.set(id, null);
+        ctx.deadIds.push(id);
+        const live = liveBySegment.get(record.segmentId) ?? 0;
+        liveBySegment.set(record.segmentId, live - recordBytes(record.length));
+        if (record.contentKey && this.#index.getContent(record.contentKey) === id) {
+          const hex = record.contentKey.toString('hex');
+          ctx.changes.content.set(hex, { key: record.contentKey, objectId: null });
+        }
+        repaired++;
+      } else if (repair && (record.mapCount !== maps || record.deltaCount !== deltas)) {
+        ctx.changes.objects.set(id, { ...record, mapCount: maps, deltaCount: deltas });
+        repaired++;
+      }
     }
     for (const id of mapRefs.keys()) {
       problems.push(`page map refers to missing object ${id}`);
@@ -1585,10 +1907,16 @@ export class PageStoreImpl implements Backend {
       const live = liveBySegment.get(id) ?? 0;
       if (segment.liveBytes !== live) {
         problems.push(`segment ${id}: liveBytes ${segment.liveBytes} != ${live}`);
+        if (repair) {
+          segment.liveBytes = live;
+          ctx.changes.segments.set(id, segment);
+          repaired++;
+        }
       }
     }
+    if (repaired > 0) await this.#commit(ctx);
     const { damaged, damagedTotal } = this.#damagedPages(broken);
-    return { objectsChecked, mappingsChecked, problems, damaged, damagedTotal, repaired: 0 };
+    return { objectsChecked, mappingsChecked, problems, damaged, damagedTotal, repaired };
   }
 
   /** The pages mapped to broken objects, by export name and byte offset. */
@@ -1618,4 +1946,13 @@ export class PageStoreImpl implements Backend {
 function isZeroPage(page: Buffer): boolean {
   // Compare with itself shifted by 8 bytes (periodic) and check the first word.
   return page.readBigUInt64LE(0) === 0n && page.compare(page, 8, PAGE_SIZE, 0, PAGE_SIZE - 8) === 0;
+}
+
+/** Payload bytes a batch's new objects append (record headers included). */
+function payloadBytes(outcomes: Outcome[]): number {
+  let bytes = 0;
+  for (const outcome of outcomes) {
+    if ('object' in outcome) bytes += recordBytes(outcome.object.payload.length);
+  }
+  return bytes;
 }

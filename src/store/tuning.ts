@@ -63,6 +63,12 @@ export interface StoreTuning {
   rangeOpsMax: number;
   /** Mapped pages a trim releases per commit: bounds one commit's size and pause. */
   rangeOpStepPages: number;
+  /**
+   * Bytes kept back on the data filesystem (a file of real blocks, see reserve.ts) so a
+   * full disk can still take the TRIMs and compaction that empty it. 32 MiB holds the index
+   * growth of trimming millions of pages; capped at a tenth of the filesystem. 0: none.
+   */
+  reserveBytes: number;
 }
 
 export const DEFAULT_STORE_TUNING: Readonly<StoreTuning> = Object.freeze({
@@ -81,6 +87,7 @@ export const DEFAULT_STORE_TUNING: Readonly<StoreTuning> = Object.freeze({
   openSegmentsMax: 256,
   rangeOpsMax: 64,
   rangeOpStepPages: 16_384,
+  reserveBytes: 32 * 1024 * 1024,
 });
 
 /** Hard ceiling of a segment: record offsets are stored in 48 bits, sizes as numbers. */
@@ -108,6 +115,9 @@ export function resolveTuning(partial: Partial<StoreTuning> = {}): StoreTuning {
     }
   }
   if (!(tuning.commitIntervalMs >= 0)) problems.push('commitIntervalMs must be >= 0');
+  if (!(Number.isInteger(tuning.reserveBytes) && tuning.reserveBytes >= 0)) {
+    problems.push(`reserveBytes must be a whole number >= 0 (got ${String(tuning.reserveBytes)})`);
+  }
   for (const key of ['compactLiveRatioMin', 'compactExplicitLiveRatioMin'] as const) {
     if (!(tuning[key] >= 0 && tuning[key] <= 1)) problems.push(`${key} must be in [0, 1]`);
   }
