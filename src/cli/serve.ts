@@ -3,7 +3,8 @@
  * shuts all of it down in order on SIGTERM/SIGINT (stop accepting, finish or fail in-flight
  * requests, flush and close the store, exit 0).
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import { parseArgs } from 'node:util';
 import {
   buildConfig,
@@ -20,7 +21,7 @@ import { startHttpServer } from '../http/index.js';
 import { createLogger, type Logger } from '../log/index.js';
 import { Metrics } from '../metrics/index.js';
 import { applyHostSafety } from '../native/host.js';
-import { type ListenSpec, startNbdServer } from '../nbd/server.js';
+import { type ListenSpec, type ServerTls, startNbdServer } from '../nbd/server.js';
 import { version } from './version.js';
 
 export const SERVE_USAGE = `Usage: diffswap serve [options]
@@ -110,15 +111,42 @@ function guardUnhandledRejections(logger: Logger, isStray: (reason: unknown) => 
 
 function listenSpecs(config: Readonly<Config>): ListenSpec[] {
   const specs: ListenSpec[] = config.nbd.listen.map((e) => ({ host: e.host, port: e.port }));
-  if (config.nbd.socket) specs.push({ path: config.nbd.socket });
+  const { socket, socketMode } = config.nbd;
+  if (socket)
+    specs.push(socketMode === null ? { path: socket } : { path: socket, mode: socketMode });
   return specs;
+}
+
+/**
+ * The TLS context from the configured PEM files (TLS 1.2 at least, as the NBD spec asks);
+ * null when TLS is off. Throws ConfigError when a file does not hold what it should.
+ */
+function serverTls(config: Readonly<Config>): ServerTls | null {
+  const tls = config.nbd.tls;
+  if (tls.mode === 'off' || tls.certFile === null || tls.keyFile === null) return null;
+  try {
+    const context = createSecureContext({
+      cert: readFileSync(tls.certFile),
+      key: readFileSync(tls.keyFile),
+      ...(tls.caFile ? { ca: readFileSync(tls.caFile) } : {}),
+      minVersion: 'TLSv1.2',
+    });
+    return { mode: tls.mode, context, requestCert: tls.caFile !== null };
+  } catch (error) {
+    // The message names the failing part (e.g. "key values mismatch"), never key bytes.
+    throw new ConfigError([
+      `nbd.tls: cannot use the certificate files: ${(error as Error).message}`,
+    ]);
+  }
 }
 
 export async function run(argv: string[]): Promise<number> {
   let config: Readonly<Config>;
+  let tls: ServerTls | null;
   try {
     const { configPath, overrides } = parseServeArgs(argv);
     config = buildConfig(configPath ? readConfigFile(configPath) : {}, overrides);
+    tls = serverTls(config);
   } catch (error) {
     console.error(`diffswap serve: ${(error as Error).message}`);
     if (!(error instanceof ConfigError)) console.error(SERVE_USAGE);
@@ -142,6 +170,8 @@ export async function run(argv: string[]): Promise<number> {
     metrics,
     logger,
     listen: listenSpecs(config),
+    access: config.exportAccess,
+    ...(tls ? { tls } : {}),
   });
   for (const address of nbd.addresses) logger.info({ ...address }, 'nbd listening');
 

@@ -5,12 +5,13 @@
  * flags. Every problem is collected and reported together, each with the path of the bad key
  * and what to write instead. Unknown keys are errors (a typo must not silently do nothing).
  */
-import { readFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { type ExportSpec, PAGE_SIZE, type TechniqueSwitches } from '../device/types.js';
+import { parseAccessRule } from './access.js';
 import { parseSize } from './size.js';
 
 /** Where a listener binds: TCP or a Unix socket path. */
@@ -22,13 +23,39 @@ export interface HostSafetyConfig {
   oomScoreAdj: number | null;
 }
 
+/** NBD over TLS (STARTTLS): off, offered (optional), or demanded before anything else. */
+export interface TlsConfig {
+  mode: 'off' | 'optional' | 'required';
+  /** PEM files; cert and key are set whenever mode is not off. */
+  certFile: string | null;
+  keyFile: string | null;
+  /** When set, clients must present a certificate signed by this CA (mutual TLS). */
+  caFile: string | null;
+}
+
+/** Who may use an export, beyond the listeners: enforced in the NBD handshake. */
+export interface ExportAccessConfig {
+  /** Allowed clients (addresses, subnets, `unix`; see access.ts); null: everyone. */
+  allow: string[] | null;
+  /** Only over TLS (the spec's selective TLS); needs nbd.tls.mode optional or required. */
+  requireTls: boolean;
+}
+
 export interface Config {
   /** Data directory (page store files); relative paths resolve against the working dir. */
   dataDir: string;
   backend: 'store' | 'memory';
-  nbd: { listen: Endpoint[]; socket: string | null };
+  nbd: {
+    listen: Endpoint[];
+    socket: string | null;
+    /** Permission bits of the Unix socket file (who may connect); null leaves the umask's. */
+    socketMode: number | null;
+    tls: TlsConfig;
+  };
   http: { listen: Endpoint | null; token: string | null };
   exports: ExportSpec[];
+  /** Access rules by export name (every export has an entry). */
+  exportAccess: Record<string, ExportAccessConfig>;
   /** Store tuning, keys as the page store's StoreTuning; sizes already in bytes. */
   store: Record<string, number | string | boolean>;
   host: HostSafetyConfig;
@@ -69,7 +96,19 @@ const exportSchema = z
     description: z.string().optional(),
     readOnly: z.boolean().optional(),
     techniques: techniques.optional(),
+    allow: z.array(z.string()).optional(),
+    requireTls: z.boolean().optional(),
   })
+  .strict();
+
+const tlsSchema = z
+  .object({
+    mode: z.enum(['off', 'optional', 'required']),
+    cert: z.string().nullable(),
+    key: z.string().nullable(),
+    ca: z.string().nullable(),
+  })
+  .partial()
   .strict();
 
 /** The file's shape. Everything optional: defaults fill the gaps. */
@@ -81,6 +120,8 @@ const fileSchema = z
       .object({
         listen: z.union([z.string(), z.array(z.string())]),
         socket: z.string().nullable(),
+        socketMode: z.union([z.string(), z.number()]).nullable(),
+        tls: tlsSchema,
       })
       .partial()
       .strict(),
@@ -127,6 +168,8 @@ const KEY_HINTS: Record<string, string> = {
   'http.listen': 'HOST:PORT, e.g. 127.0.0.1:8080, or null to turn the dashboard off',
   exports: 'a list of { name, size } entries, e.g. - { name: swap, size: 8GiB }',
   'host.oomScoreAdj': 'a whole number from -1000 to 1000, or null to leave it',
+  'nbd.tls.mode': 'off, optional (clients may use STARTTLS) or required',
+  'exports.allow': 'a list of addresses, subnets or unix, e.g. allow: [127.0.0.1, unix]',
 };
 
 /** Parses `HOST:PORT`, `[v6]:PORT` or `:PORT`; null when malformed. */
@@ -185,6 +228,7 @@ function knownKeysAt(path: (string | number | symbol)[]): string[] {
   if (path.length === 0) return top;
   const section = String(path[0]);
   if (section === 'exports') return Object.keys(exportSchema.shape);
+  if (section === 'nbd' && path[1] === 'tls') return Object.keys(tlsSchema.shape);
   const shape = (fileSchema.shape as Record<string, z.ZodType>)[section];
   const inner = shape instanceof z.ZodOptional ? shape.unwrap() : shape;
   if (inner instanceof z.ZodObject) return Object.keys(inner.shape);
@@ -352,6 +396,10 @@ export function buildConfig(
   if (grace === null) problems.push(`shutdownGrace: write a duration like 5s or 1500ms`);
 
   const socket = overrides.socket ?? file.nbd?.socket ?? null;
+  const socketMode = parseMode(file.nbd?.socketMode ?? null, problems);
+  const tls = tlsConfig(file.nbd?.tls ?? {}, problems);
+  const exportAccess = accessConfig(rawExports, tls, problems);
+  if (rawExports.length === 0) exportAccess[DEFAULT_EXPORT.name] = OPEN_ACCESS;
   if (listen.length === 0 && socket === null && problems.length === 0) {
     problems.push('nbd: no TCP listener and no socket; set nbd.listen or nbd.socket');
   }
@@ -361,12 +409,13 @@ export function buildConfig(
   const config: Config = {
     dataDir: resolve(overrides.data ?? file.data ?? 'data'),
     backend: overrides.backend ?? file.backend ?? 'store',
-    nbd: { listen, socket },
+    nbd: { listen, socket, socketMode, tls },
     http: {
       listen: httpListen?.[0] ?? null,
       token: env.DIFFSWAP_HTTP_TOKEN ?? file.http?.token ?? null,
     },
     exports,
+    exportAccess,
     store,
     host: {
       mlock: file.host?.mlock ?? false,
@@ -377,6 +426,62 @@ export function buildConfig(
     shutdownGraceMs: grace ?? 5000,
   };
   return deepFreeze(config);
+}
+
+const OPEN_ACCESS: ExportAccessConfig = { allow: null, requireTls: false };
+
+/** `0660`-style octal text, or a number; null when not set. */
+function parseMode(raw: string | number | null, problems: string[]): number | null {
+  if (raw === null) return null;
+  const mode = typeof raw === 'number' ? raw : /^0?[0-7]{3}$/.test(raw) ? parseInt(raw, 8) : NaN;
+  if (!(Number.isInteger(mode) && mode >= 0 && mode <= 0o777)) {
+    problems.push(`nbd.socketMode: '${raw}' is not a file mode; write octal text, e.g. "0660"`);
+    return null;
+  }
+  return mode;
+}
+
+function tlsConfig(raw: z.infer<typeof tlsSchema>, problems: string[]): TlsConfig {
+  const mode = raw.mode ?? 'off';
+  const file = (key: 'cert' | 'key' | 'ca'): string | null => {
+    const path = raw[key] ?? null;
+    if (path === null) return null;
+    try {
+      accessSync(path, fsConstants.R_OK);
+    } catch (error) {
+      problems.push(`nbd.tls.${key}: cannot read ${path}: ${(error as Error).message}`);
+    }
+    return resolve(path);
+  };
+  const config = { mode, certFile: file('cert'), keyFile: file('key'), caFile: file('ca') };
+  if (mode !== 'off' && (config.certFile === null || config.keyFile === null)) {
+    problems.push(
+      `nbd.tls: mode ${mode} needs cert and key (PEM files), e.g. cert: /etc/diffswap/server-cert.pem`,
+    );
+  }
+  return config;
+}
+
+function accessConfig(
+  rawExports: z.infer<typeof exportSchema>[],
+  tls: TlsConfig,
+  problems: string[],
+): Record<string, ExportAccessConfig> {
+  const out: Record<string, ExportAccessConfig> = {};
+  rawExports.forEach((raw, i) => {
+    for (const rule of raw.allow ?? []) {
+      const parsed = parseAccessRule(rule);
+      if (typeof parsed === 'string') problems.push(`exports[${i}].allow: ${parsed}`);
+    }
+    if (raw.allow !== undefined && raw.allow.length === 0) {
+      problems.push(`exports[${i}].allow: an empty list lets nobody in; remove the key for all`);
+    }
+    if (raw.requireTls && tls.mode === 'off') {
+      problems.push(`exports[${i}].requireTls: needs nbd.tls.mode optional or required`);
+    }
+    out[raw.name] = { allow: raw.allow ?? null, requireTls: raw.requireTls ?? false };
+  });
+  return out;
 }
 
 /** `5s`, `1500ms`, `2m`, or a number of milliseconds. */

@@ -35,6 +35,8 @@ export interface NbdView {
     exportName: string | null;
     remote: string;
     connectedAtMs: number;
+    /** The connection runs over TLS. */
+    tls: boolean;
     inFlight: number;
   }>;
   readonly addresses: unknown[];

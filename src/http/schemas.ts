@@ -272,12 +272,13 @@ export const connectionsRoute = {
           type: 'array',
           items: {
             type: 'object',
-            required: ['id', 'exportName', 'remote', 'connectedAtMs', 'inFlight'],
+            required: ['id', 'exportName', 'remote', 'connectedAtMs', 'tls', 'inFlight'],
             properties: {
               id: count,
               exportName: { type: ['string', 'null'] },
               remote: { type: 'string' },
               connectedAtMs: count,
+              tls: { type: 'boolean' },
               inFlight: count,
             },
           },

@@ -7,11 +7,17 @@
  * replies the client has not taken stay under `bufferedBytesMax`; past either the transport is
  * paused until requests finish or the client reads (backpressure, no unbounded queue).
  *
- * The transport is any Duplex (a net.Socket today); the reader never sees it, so a STARTTLS
- * upgrade can replace it with a TLS socket between two frames.
+ * The transport is any Duplex; the reader never sees it, so STARTTLS replaces the plain socket
+ * with a TLS socket over it between two frames: the ACK leaves in the clear, our listeners
+ * move from the plain socket to the TLS one, and the negotiation starts again inside TLS.
+ * A client that sent anything after STARTTLS before reading the ACK is cut off (those bytes
+ * can be neither options nor TLS records we could hand over).
  */
+import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { type SecureContext, TLSSocket } from 'node:tls';
 import type { Counter, Histogram } from 'prom-client';
+import type { ClientOrigin } from '../config/access.js';
 import type { Logger } from '../log/index.js';
 import type { Metrics } from '../metrics/index.js';
 import { toNbdFailure } from './errors.js';
@@ -38,10 +44,21 @@ import {
   validateRequest,
 } from './transmission.js';
 
+/** The server's TLS setup, shared by its connections. */
+export interface ServerTls {
+  mode: 'optional' | 'required';
+  context: SecureContext;
+  /** Ask for a client certificate and refuse the handshake without a valid one. */
+  requestCert: boolean;
+}
+
 export interface ConnectionOptions {
   id: number;
   transport: Duplex;
   remote: string;
+  /** Where the client connects from (the exports' allow lists). */
+  origin: ClientOrigin;
+  tls: ServerTls | null;
   exports: ExportTable;
   metrics: Metrics;
   logger: Logger;
@@ -101,6 +118,15 @@ export class NbdConnection {
   /** Rejection decided by the write policy for the WRITE whose payload is being skipped. */
   #writeRejection: Rejection | null = null;
   #handshakeTimer: NodeJS.Timeout | null = null;
+  /** 'pending' from STARTTLS's ACK until the TLS handshake completes. */
+  #tls: 'none' | 'pending' | 'up' = 'none';
+  readonly #listeners = {
+    data: (chunk: Buffer) => this.#onData(chunk),
+    end: () => this.#onEnd(),
+    error: (error: Error) => this.#onError(error),
+    close: () => this.#onClose(),
+    drain: () => this.#maybeResume(),
+  };
   #resolveClosed!: () => void;
 
   constructor(options: ConnectionOptions) {
@@ -124,11 +150,18 @@ export class NbdConnection {
       optionCountMax:
         options.limits.optionCountMax + options.limits.optionCountPerExport * options.exports.size,
       shuttingDown: () => this.#shuttingDown,
+      tlsMode: options.tls?.mode ?? 'off',
+      origin: options.origin,
     });
   }
 
   get exportName(): string | null {
     return this.#negotiated?.entry.name ?? null;
+  }
+
+  /** True once the connection runs over TLS. */
+  get tls(): boolean {
+    return this.#tls === 'up';
   }
 
   get inFlight(): number {
@@ -167,11 +200,46 @@ export class NbdConnection {
   }
 
   #attach(transport: Duplex) {
-    transport.on('data', (chunk: Buffer) => this.#onData(chunk));
-    transport.on('end', () => this.#onEnd());
-    transport.on('error', (error: Error) => this.#onError(error));
-    transport.on('close', () => this.#onClose());
-    transport.on('drain', () => this.#maybeResume());
+    for (const [event, listener] of Object.entries(this.#listeners)) transport.on(event, listener);
+  }
+
+  #detach(transport: Duplex) {
+    for (const [event, listener] of Object.entries(this.#listeners)) transport.off(event, listener);
+  }
+
+  /** After STARTTLS's ACK: runs the TLS handshake over the plain socket (see the note). */
+  #startTls() {
+    const tls = this.#o.tls;
+    if (tls === null || this.#reader.bufferedBytes > 0) {
+      this.#reject('tls_early_data');
+      this.#log.info('closing: client sent data after STARTTLS before the TLS handshake');
+      this.#destroy();
+      return;
+    }
+    const plain = this.#transport;
+    this.#uncork();
+    this.#detach(plain);
+    plain.pause();
+    this.#tls = 'pending';
+    const upgrade = () => {
+      if (plain.destroyed) return this.#onClose();
+      const secure = new TLSSocket(plain as Socket, {
+        isServer: true,
+        secureContext: tls.context,
+        requestCert: tls.requestCert,
+        rejectUnauthorized: tls.requestCert,
+      });
+      secure.once('secure', () => {
+        this.#tls = 'up';
+        this.#negotiator.onTlsEstablished();
+        this.#log.debug({ protocol: secure.getProtocol() }, 'TLS established');
+      });
+      this.#transport = secure;
+      this.#attach(secure);
+    };
+    // The ACK must be out in the clear before the TLS socket takes the stream over.
+    if (plain.writableLength === 0) upgrade();
+    else plain.once('drain', upgrade);
   }
 
   #onData(chunk: Buffer) {
@@ -235,6 +303,10 @@ export class NbdConnection {
 
   #afterOption(outcome: OptionOutcome) {
     if (outcome.kind === 'continue') return;
+    if (outcome.kind === 'starttls') {
+      this.#startTls();
+      return;
+    }
     if (outcome.kind === 'close') {
       if (outcome.reason !== null) this.#log.info({ reason: outcome.reason }, outcome.message);
       else this.#log.debug(outcome.message);
@@ -431,7 +503,12 @@ export class NbdConnection {
   }
 
   #onError(error: Error) {
-    this.#log.debug({ err: error.message }, 'transport error');
+    if (this.#tls === 'pending') {
+      this.#reject('tls_handshake_failed');
+      this.#log.info({ err: error.message }, 'TLS handshake failed');
+    } else {
+      this.#log.debug({ err: error.message }, 'transport error');
+    }
     this.#destroy();
   }
 

@@ -2,6 +2,8 @@
  * The exports a server offers: one byte-range adapter per export, shared by every connection
  * to it (so page locks and flush cover all of them: that is what makes CAN_MULTI_CONN true).
  */
+import { AccessList } from '../config/access.js';
+import type { ExportAccessConfig } from '../config/index.js';
 import { PagedDevice } from '../device/paged.js';
 import type { Backend } from '../device/types.js';
 import {
@@ -23,22 +25,32 @@ export interface ExportEntry {
   description: string;
   device: PagedDevice;
   sizeBytes: bigint;
+  /** Clients allowed to see and open it; null: every client of the listeners. */
+  access: AccessList | null;
+  /** Served over TLS only (selective TLS). */
+  requireTls: boolean;
 }
 
 export class ExportTable {
   readonly #entries = new Map<string, ExportEntry>();
 
-  /** Builds one adapter per export of `backend`; exports added to it later are not seen. */
-  constructor(backend: Backend) {
+  /**
+   * Builds one adapter per export of `backend`; exports added to it later are not seen.
+   * `access` holds the allow lists and TLS demands by export name (absent: open to all).
+   */
+  constructor(backend: Backend, access: Readonly<Record<string, ExportAccessConfig>> = {}) {
     for (const name of backend.exportNames()) {
       const device = backend.device(name);
       if (device === undefined) continue;
       const paged = new PagedDevice(device);
+      const rules = access[name];
       this.#entries.set(name, {
         name,
         description: backend.description(name),
         device: paged,
         sizeBytes: BigInt(paged.sizeBytes),
+        access: rules?.allow ? new AccessList(rules.allow) : null,
+        requireTls: rules?.requireTls ?? false,
       });
     }
   }

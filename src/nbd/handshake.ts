@@ -3,10 +3,17 @@
  * frames, sends replies through a callback and tells the connection what happens next. Every
  * refusal is reported through `reject(reason)` so the connection can count it.
  *
- * STARTTLS is refused with ERR_POLICY until TLS exists. A TLS upgrade will answer ACK here,
- * swap the transport under the connection and call `resetAfterTls()`; the reader and this
- * class never touch the socket, so nothing else has to change.
+ * TLS (the spec's three modes). off: STARTTLS gets ERR_POLICY. optional: STARTTLS gets ACK
+ * and the connection swaps a TLS socket under the reader (`onTlsEstablished()` then forgets
+ * everything negotiated, as the spec requires); exports marked requireTls answer INFO/GO with
+ * ERR_TLS_REQD until then (selective TLS). required: before TLS, every option but STARTTLS
+ * and ABORT gets ERR_TLS_REQD, and EXPORT_NAME (which cannot carry an error) closes.
+ *
+ * Access. An export whose allow list does not take the client's origin is left out of LIST
+ * and refused with ERR_POLICY by INFO, GO and the meta-context options (EXPORT_NAME closes),
+ * so a client can neither read nor write it, nor learn its size.
  */
+import type { ClientOrigin } from '../config/access.js';
 import { type ExportEntry, type ExportTable, transmissionFlags } from './exports.js';
 import { BLOCK_SIZE_MINIMUM, BLOCK_SIZE_PREFERRED } from './limits.js';
 import {
@@ -44,6 +51,7 @@ import {
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
   NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -69,6 +77,8 @@ export type OptionOutcome =
   | { kind: 'continue' }
   /** Close the connection: ABORT (after its ACK), or a fault that leaves no other way. */
   | { kind: 'close'; reason: string | null; message: string }
+  /** STARTTLS was accepted (ACK sent): the next bytes are the TLS handshake. */
+  | { kind: 'starttls' }
   | { kind: 'transmission'; negotiated: Negotiated };
 
 export interface NegotiatorOptions {
@@ -83,6 +93,10 @@ export interface NegotiatorOptions {
   optionCountMax: number;
   /** True once the server is shutting down: options get ERR_SHUTDOWN. */
   shuttingDown: () => boolean;
+  /** The server's TLS mode (a server without certificates is 'off'). */
+  tlsMode: 'off' | 'optional' | 'required';
+  /** Where the client connects from, for the exports' allow lists. */
+  origin: ClientOrigin;
 }
 
 const CONTINUE: OptionOutcome = { kind: 'continue' };
@@ -94,6 +108,7 @@ export class Negotiator {
   /** Canonical name of the export base:allocation was selected for; null if none. */
   #metaContextExport: string | null = null;
   #optionCount = 0;
+  #tls = false;
 
   constructor(options: NegotiatorOptions) {
     this.#o = options;
@@ -109,10 +124,15 @@ export class Negotiator {
     return CONTINUE;
   }
 
-  /** Forgets every negotiated state (after a TLS upgrade, as the spec requires). */
-  resetAfterTls(): void {
+  /** The TLS handshake completed: forgets every negotiated state, as the spec requires. */
+  onTlsEstablished(): void {
+    this.#tls = true;
     this.#structuredReplies = false;
     this.#metaContextExport = null;
+  }
+
+  get tls(): boolean {
+    return this.#tls;
   }
 
   /** Handles one option request whose data has been read completely. */
@@ -122,7 +142,16 @@ export class Negotiator {
       return this.#close('too_many_options', `more than ${this.#o.optionCountMax} options`);
     }
     if (this.#o.shuttingDown()) return this.#shuttingDown(header.option);
-    switch (header.option) {
+    const option = header.option;
+    if (this.#o.tlsMode === 'required' && !this.#tls) {
+      if (option === NBD_OPT_EXPORT_NAME) {
+        return this.#close('tls_required', 'EXPORT_NAME before TLS on a server that requires it');
+      }
+      if (option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+        return this.#error(option, NBD_REP_ERR_TLS_REQD, 'tls_required', 'TLS is required');
+      }
+    }
+    switch (option) {
       case NBD_OPT_EXPORT_NAME:
         return this.#exportName(data);
       case NBD_OPT_ABORT:
@@ -131,12 +160,7 @@ export class Negotiator {
       case NBD_OPT_LIST:
         return this.#list(data);
       case NBD_OPT_STARTTLS:
-        return this.#error(
-          NBD_OPT_STARTTLS,
-          NBD_REP_ERR_POLICY,
-          'tls_not_configured',
-          'TLS is not configured on this server',
-        );
+        return this.#startTls(data);
       case NBD_OPT_INFO:
       case NBD_OPT_GO:
         return this.#infoOrGo(header.option, data);
@@ -172,6 +196,8 @@ export class Negotiator {
     if (isParseError(name)) return this.#close(name.reason, name.message);
     const entry = this.#o.exports.lookup(name);
     if (entry === undefined) return this.#close('unknown_export', `no export named '${name}'`);
+    const refusal = this.#refusal(entry);
+    if (refusal) return this.#close(refusal.reason, refusal.message);
     const negotiated = this.#negotiated(entry);
     this.#o.send(
       encodeExportNameReply(entry.sizeBytes, negotiated.transmissionFlags, this.#noZeroes),
@@ -189,6 +215,7 @@ export class Negotiator {
       );
     }
     for (const entry of this.#o.exports.list()) {
+      if (!this.#admits(entry)) continue;
       this.#reply(NBD_OPT_LIST, NBD_REP_SERVER, encodeRepServer(entry.name, entry.description));
     }
     this.#reply(NBD_OPT_LIST, NBD_REP_ACK);
@@ -209,6 +236,8 @@ export class Negotiator {
         `no export named '${request.name}'`,
       );
     }
+    const refusal = this.#refusal(entry);
+    if (refusal) return this.#error(option, refusal.type, refusal.reason, refusal.message);
     const flags = transmissionFlags(entry, this.#structuredReplies);
     this.#reply(option, NBD_REP_INFO, encodeInfoExport(entry.sizeBytes, flags));
     const asked = new Set(request.infos);
@@ -278,6 +307,8 @@ export class Negotiator {
         `no export named '${request.name}'`,
       );
     }
+    const refusal = this.#refusal(entry);
+    if (refusal) return this.#error(option, refusal.type, refusal.reason, refusal.message);
     if (matchesBaseAllocation(request.queries, isSet)) {
       const id = isSet ? BASE_ALLOCATION_CONTEXT_ID : LISTED_CONTEXT_ID;
       this.#reply(option, NBD_REP_META_CONTEXT, encodeRepMetaContext(id, BASE_ALLOCATION));
@@ -285,6 +316,55 @@ export class Negotiator {
     }
     this.#reply(option, NBD_REP_ACK);
     return CONTINUE;
+  }
+
+  #startTls(data: Buffer): OptionOutcome {
+    const option = NBD_OPT_STARTTLS;
+    if (this.#o.tlsMode === 'off') {
+      return this.#error(
+        option,
+        NBD_REP_ERR_POLICY,
+        'tls_not_configured',
+        'TLS is not configured on this server',
+      );
+    }
+    if (data.length !== 0) {
+      return this.#error(
+        option,
+        NBD_REP_ERR_INVALID,
+        'option_bad_length',
+        'STARTTLS takes no data',
+      );
+    }
+    if (this.#tls) {
+      return this.#error(option, NBD_REP_ERR_INVALID, 'repeated_option', 'TLS is already on');
+    }
+    this.#reply(option, NBD_REP_ACK);
+    return { kind: 'starttls' };
+  }
+
+  /** Whether the client's origin is on the export's allow list. */
+  #admits(entry: ExportEntry): boolean {
+    return entry.access === null || entry.access.allows(this.#o.origin);
+  }
+
+  /** Why this client may not open `entry` now, or null when it may. */
+  #refusal(entry: ExportEntry): { type: number; reason: string; message: string } | null {
+    if (!this.#admits(entry)) {
+      return {
+        type: NBD_REP_ERR_POLICY,
+        reason: 'export_denied',
+        message: `export '${entry.name}' is not open to this client`,
+      };
+    }
+    if (entry.requireTls && !this.#tls) {
+      return {
+        type: NBD_REP_ERR_TLS_REQD,
+        reason: 'tls_required',
+        message: `export '${entry.name}' is served over TLS only`,
+      };
+    }
+    return null;
   }
 
   #negotiated(entry: ExportEntry): Negotiated {

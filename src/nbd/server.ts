@@ -3,20 +3,24 @@
  * every connection, and graceful shutdown. Protocol work lives in connection.ts and below.
  */
 import assert from 'node:assert/strict';
-import { stat, unlink } from 'node:fs/promises';
+import { chmod, stat, unlink } from 'node:fs/promises';
 import net from 'node:net';
+import type { ClientOrigin } from '../config/access.js';
+import type { ExportAccessConfig } from '../config/index.js';
 import type { Backend } from '../device/types.js';
 import type { Logger } from '../log/index.js';
 import type { Metrics } from '../metrics/index.js';
-import { minimumBufferedBytes, NbdConnection } from './connection.js';
+import { minimumBufferedBytes, NbdConnection, type ServerTls } from './connection.js';
 import { ExportTable } from './exports.js';
 import { DEFAULT_LIMITS, type NbdLimits } from './limits.js';
 import { ReplySlab } from './slab.js';
 
+export type { ServerTls } from './connection.js';
 export type { NbdLimits } from './limits.js';
 export { DEFAULT_LIMITS } from './limits.js';
 
-export type ListenSpec = { host: string; port: number } | { path: string };
+/** A TCP listener, or a Unix socket (with the permission bits of its file, when given). */
+export type ListenSpec = { host: string; port: number } | { path: string; mode?: number };
 
 export interface NbdServerOptions {
   backend: Backend;
@@ -25,6 +29,10 @@ export interface NbdServerOptions {
   listen: ListenSpec[];
   /** Overrides of the defaults in limits.ts (each documented there). */
   limits?: Partial<NbdLimits>;
+  /** STARTTLS, optional or required; absent: TLS off (STARTTLS gets ERR_POLICY). */
+  tls?: ServerTls;
+  /** Allow lists and TLS demands by export name (absent: open to every client). */
+  access?: Readonly<Record<string, ExportAccessConfig>>;
 }
 
 export interface NbdConnectionInfo {
@@ -32,6 +40,8 @@ export interface NbdConnectionInfo {
   exportName: string | null;
   remote: string;
   connectedAtMs: number;
+  /** The connection runs over TLS. */
+  tls: boolean;
   inFlight: number;
   /** Bytes held for this connection (input not yet parsed, requests in flight, replies). */
   bufferedBytes: number;
@@ -62,7 +72,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
     limits.bufferedBytesMax >= minimumBufferedBytes(limits),
     'bufferedBytesMax must hold at least one maximal WRITE',
   );
-  const exports = new ExportTable(options.backend);
+  const exports = new ExportTable(options.backend, options.access);
   const log = options.logger.child({ component: 'nbd' });
   const connections = new Set<NbdConnection>();
   const slab = new ReplySlab();
@@ -82,6 +92,8 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       id: nextId++,
       transport: socket,
       remote: describeRemote(socket),
+      origin: originOf(socket),
+      tls: options.tls ?? null,
       exports,
       metrics: options.metrics,
       logger: options.logger,
@@ -114,6 +126,7 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
         exportName: c.exportName,
         remote: c.remote,
         connectedAtMs: c.connectedAtMs,
+        tls: c.tls,
         inFlight: c.inFlight,
         bufferedBytes: c.bufferedBytes,
       })),
@@ -156,7 +169,11 @@ function listenOnce(server: net.Server, spec: ListenSpec): Promise<ListenSpec> {
     const onListening = () => {
       server.off('error', reject);
       const address = server.address();
-      if ('path' in spec || address === null || typeof address === 'string') resolve(spec);
+      if ('path' in spec) {
+        // Who may connect is who may write the socket file: set before anyone can.
+        if (spec.mode === undefined) resolve(spec);
+        else chmod(spec.path, spec.mode).then(() => resolve(spec), reject);
+      } else if (address === null || typeof address === 'string') resolve(spec);
       else resolve({ host: spec.host, port: address.port });
     };
     if ('path' in spec) server.listen(spec.path, onListening);
@@ -183,6 +200,11 @@ function closeListener(server: net.Server): Promise<void> {
     if (!server.listening) resolve();
     else server.close(() => resolve());
   });
+}
+
+function originOf(socket: net.Socket): ClientOrigin {
+  const address = socket.remoteAddress;
+  return address === undefined ? { kind: 'unix' } : { kind: 'tcp', address };
 }
 
 function describeRemote(socket: net.Socket): string {

@@ -16,11 +16,17 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
+import type { ExportAccessConfig } from '../../src/config/index.js';
 import { MemoryBackend } from '../../src/device/memory.js';
 import type { Backend, ExportSpec } from '../../src/device/types.js';
 import { createLogger, type Logger, silentLogger } from '../../src/log/index.js';
 import { Metrics } from '../../src/metrics/index.js';
-import { type ListenSpec, type NbdServer, startNbdServer } from '../../src/nbd/server.js';
+import {
+  type ListenSpec,
+  type NbdServer,
+  type ServerTls,
+  startNbdServer,
+} from '../../src/nbd/server.js';
 import { makeTempDir } from './files.js';
 
 export type TestBackend = 'memory' | 'store' | 'nbdkit';
@@ -68,6 +74,10 @@ export interface TestServerOptions {
   unixSocket?: boolean;
   /** Also listen on [::1] port 0 (see `ipv6Uri`). */
   ipv6?: boolean;
+  /** Permission bits of the Unix socket file. */
+  socketMode?: number;
+  tls?: ServerTls;
+  access?: Record<string, ExportAccessConfig>;
 }
 
 /** The backends the suite runs against: DIFFSWAP_TEST_BACKENDS (comma list) or both. */
@@ -115,8 +125,21 @@ export async function startTestServer(options: TestServerOptions): Promise<TestS
     const socketPath = options.unixSocket ? join(temp.path, 'nbd.sock') : undefined;
     const listen: ListenSpec[] = [{ host: '127.0.0.1', port: 0 }];
     if (options.ipv6) listen.push({ host: '::1', port: 0 });
-    if (socketPath) listen.push({ path: socketPath });
-    const server = await startNbdServer({ backend, metrics, logger, listen });
+    if (socketPath) {
+      listen.push(
+        options.socketMode === undefined
+          ? { path: socketPath }
+          : { path: socketPath, mode: options.socketMode },
+      );
+    }
+    const server = await startNbdServer({
+      backend,
+      metrics,
+      logger,
+      listen,
+      ...(options.tls ? { tls: options.tls } : {}),
+      ...(options.access ? { access: options.access } : {}),
+    });
     cleanups.unshift(() => server.close({ graceMs: CLOSE_GRACE_MS }));
 
     const tcpPort = (host: string) =>

@@ -161,3 +161,60 @@ describe('config', () => {
     assert.equal(parseDuration('soon'), null);
   });
 });
+
+describe('TLS and access settings', () => {
+  it('lists every TLS and access problem at once, each with a hint', () => {
+    const problems = problemsOf(() =>
+      buildConfig({
+        nbd: { tls: { mode: 'required', cert: '/nonexistent/cert.pem' }, socketMode: '999' },
+        exports: [
+          { name: 'a', size: '1MiB', allow: ['10.0.0.0/33', 'example.com'] },
+          { name: 'b', size: '1MiB', allow: [] },
+        ],
+      }),
+    );
+    const text = problems.join('\n');
+    assert.match(text, /nbd\.tls\.cert: cannot read \/nonexistent\/cert\.pem/);
+    assert.match(text, /nbd\.tls: mode required needs cert and key/);
+    assert.match(text, /nbd\.socketMode: '999' is not a file mode/);
+    assert.match(text, /exports\[0\]\.allow: '10\.0\.0\.0\/33': the prefix length must be 0 to 32/);
+    assert.match(text, /exports\[0\]\.allow: 'example\.com' is not an address/);
+    assert.match(text, /exports\[1\]\.allow: an empty list lets nobody in/);
+    assert.equal(problems.length, 6);
+  });
+
+  it('refuses requireTls while TLS is off, and unknown TLS keys by name', () => {
+    const problems = problemsOf(() =>
+      buildConfig({ exports: [{ name: 'a', size: '1MiB', requireTls: true }] }),
+    );
+    assert.deepEqual(problems, ['exports[0].requireTls: needs nbd.tls.mode optional or required']);
+    const typo = problemsOf(() => readConfigFile(writeConfig('nbd:\n  tls:\n    certs: x\n')));
+    assert.match(typo.join('\n'), /unknown key 'nbd\.tls\.certs': did you mean 'cert'\?/);
+  });
+
+  it('takes valid TLS files, an octal socket mode and allow rules', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'diffswap-tls-config-'));
+    const cert = join(dir, 'cert.pem');
+    const key = join(dir, 'key.pem');
+    writeFileSync(cert, 'x');
+    writeFileSync(key, 'x');
+    const config = buildConfig({
+      nbd: { tls: { mode: 'optional', cert, key }, socket: join(dir, 's'), socketMode: '0660' },
+      exports: [
+        { name: 'a', size: '1MiB', allow: ['unix', '::1', '192.0.2.0/24'], requireTls: true },
+      ],
+    });
+    assert.deepEqual(config.nbd.tls, {
+      mode: 'optional',
+      certFile: cert,
+      keyFile: key,
+      caFile: null,
+    });
+    assert.equal(config.nbd.socketMode, 0o660);
+    assert.deepEqual(config.exportAccess.a, {
+      allow: ['unix', '::1', '192.0.2.0/24'],
+      requireTls: true,
+    });
+    assert.deepEqual(buildConfig({}).exportAccess, { swap: { allow: null, requireTls: false } });
+  });
+});

@@ -2,6 +2,8 @@
 // and counted rejections.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import type { ClientOrigin } from '../../src/config/access.js';
+import type { ExportAccessConfig } from '../../src/config/index.js';
 import { MemoryBackend } from '../../src/device/memory.js';
 import { ExportTable, transmissionFlags } from '../../src/nbd/exports.js';
 import {
@@ -40,6 +42,7 @@ import {
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
   NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -56,12 +59,19 @@ interface Reply {
   data: Buffer;
 }
 
-function harness(options: { optionCountMax?: number } = {}) {
+interface HarnessOptions {
+  optionCountMax?: number;
+  tlsMode?: 'off' | 'optional' | 'required';
+  origin?: ClientOrigin;
+  access?: Record<string, ExportAccessConfig>;
+}
+
+function harness(options: HarnessOptions = {}) {
   const backend = new MemoryBackend([
     { name: 'disk', sizeBytes: 4 * MiB, description: 'the disk' },
     { name: 'ro', sizeBytes: MiB, readOnly: true },
   ]);
-  const exports = new ExportTable(backend);
+  const exports = new ExportTable(backend, options.access);
   const sent: Buffer[] = [];
   const rejected: string[] = [];
   let shuttingDown = false;
@@ -72,6 +82,8 @@ function harness(options: { optionCountMax?: number } = {}) {
     payloadBytesMax: 32 * MiB,
     optionCountMax: options.optionCountMax ?? 32,
     shuttingDown: () => shuttingDown,
+    tlsMode: options.tlsMode ?? 'off',
+    origin: options.origin ?? { kind: 'tcp', address: '127.0.0.1' },
   });
   assert.equal(negotiator.onClientFlags(3).kind, 'continue');
   const option = (code: number, data: Buffer = Buffer.alloc(0)): [OptionOutcome, Reply[]] => {
@@ -113,6 +125,8 @@ describe('Negotiator', () => {
       payloadBytesMax: 1,
       optionCountMax: 1,
       shuttingDown: () => false,
+      tlsMode: 'off',
+      origin: { kind: 'unix' },
     });
     assert.equal(fresh.onClientFlags(4 | 1).kind, 'close');
     assert.equal(fresh.onClientFlags(0).kind, 'close', 'non-fixed newstyle is refused');
@@ -316,5 +330,91 @@ describe('transmissionFlags', () => {
     const r = transmissionFlags(ro, false);
     assert.ok(r & NBD_FLAG_READ_ONLY);
     assert.equal(r & NBD_FLAG_SEND_TRIM, 0);
+  });
+
+  it('in required TLS mode answers ERR_TLS_REQD to all but STARTTLS and ABORT', () => {
+    const h = harness({ tlsMode: 'required' });
+    assert.deepEqual(types(h.option(NBD_OPT_LIST)[1]), [NBD_REP_ERR_TLS_REQD]);
+    const info = encodeInfoRequest('disk', []);
+    assert.deepEqual(types(h.option(NBD_OPT_GO, info)[1]), [NBD_REP_ERR_TLS_REQD]);
+    assert.deepEqual(types(h.option(NBD_OPT_STRUCTURED_REPLY)[1]), [NBD_REP_ERR_TLS_REQD]);
+    const [named] = h.option(NBD_OPT_EXPORT_NAME, Buffer.from('disk'));
+    assert.equal(named.kind, 'close', 'EXPORT_NAME cannot carry an error: it closes');
+    assert.deepEqual(h.rejected, ['tls_required', 'tls_required', 'tls_required', 'tls_required']);
+  });
+
+  it('STARTTLS is ACKed when TLS is on, refused with data or a second time', () => {
+    const h = harness({ tlsMode: 'required' });
+    const withData = h.option(NBD_OPT_STARTTLS, Buffer.from([1]));
+    assert.deepEqual(types(withData[1]), [NBD_REP_ERR_INVALID]);
+    const [outcome, replies] = h.option(NBD_OPT_STARTTLS);
+    assert.equal(outcome.kind, 'starttls');
+    assert.deepEqual(types(replies), [NBD_REP_ACK]);
+    h.negotiator.onTlsEstablished();
+    assert.equal(h.negotiator.tls, true);
+    assert.deepEqual(types(h.option(NBD_OPT_STARTTLS)[1]), [NBD_REP_ERR_INVALID]);
+    assert.deepEqual(types(h.option(NBD_OPT_LIST)[1]), [
+      NBD_REP_SERVER,
+      NBD_REP_SERVER,
+      NBD_REP_ACK,
+    ]);
+  });
+
+  it('forgets structured replies and meta contexts negotiated before TLS', () => {
+    const h = harness({ tlsMode: 'optional' });
+    assert.deepEqual(types(h.option(NBD_OPT_STRUCTURED_REPLY)[1]), [NBD_REP_ACK]);
+    h.option(NBD_OPT_STARTTLS);
+    h.negotiator.onTlsEstablished();
+    const [outcome] = h.option(NBD_OPT_GO, encodeInfoRequest('disk', []));
+    assert.equal(outcome.kind, 'transmission');
+    if (outcome.kind !== 'transmission') return;
+    assert.equal(outcome.negotiated.structuredReplies, false);
+    assert.equal(outcome.negotiated.transmissionFlags & NBD_FLAG_SEND_DF, 0);
+  });
+
+  it('serves a requireTls export only over TLS (selective TLS)', () => {
+    const access = { disk: { allow: null, requireTls: true } };
+    const h = harness({ tlsMode: 'optional', access });
+    const info = encodeInfoRequest('disk', []);
+    assert.deepEqual(types(h.option(NBD_OPT_INFO, info)[1]), [NBD_REP_ERR_TLS_REQD]);
+    assert.deepEqual(
+      types(h.option(NBD_OPT_INFO, encodeInfoRequest('ro', []))[1]).at(-1),
+      NBD_REP_ACK,
+      'other exports stay open in the clear',
+    );
+    h.option(NBD_OPT_STARTTLS);
+    h.negotiator.onTlsEstablished();
+    assert.equal(h.option(NBD_OPT_GO, info)[0].kind, 'transmission');
+  });
+
+  it('hides an export from clients off its allow list and refuses to open it', () => {
+    const access = { disk: { allow: ['unix', '10.0.0.0/8'], requireTls: false } };
+    const h = harness({ access, origin: { kind: 'tcp', address: '127.0.0.1' } });
+    const [, listed] = h.option(NBD_OPT_LIST);
+    assert.deepEqual(types(listed), [NBD_REP_SERVER, NBD_REP_ACK], 'only ro is listed');
+    const info = encodeInfoRequest('disk', []);
+    assert.deepEqual(types(h.option(NBD_OPT_GO, info)[1]), [NBD_REP_ERR_POLICY]);
+    h.option(NBD_OPT_STRUCTURED_REPLY);
+    const meta = encodeMetaContextRequest('disk', ['base:allocation']);
+    assert.deepEqual(types(h.option(NBD_OPT_SET_META_CONTEXT, meta)[1]), [NBD_REP_ERR_POLICY]);
+    assert.equal(h.option(NBD_OPT_EXPORT_NAME, Buffer.from('disk'))[0].kind, 'close');
+    assert.deepEqual(h.rejected, ['export_denied', 'export_denied', 'export_denied']);
+  });
+
+  it('admits clients on the allow list: the Unix socket, a subnet, a mapped IPv4', () => {
+    const access = { disk: { allow: ['unix', '10.0.0.0/8', '::1'], requireTls: false } };
+    const origins: ClientOrigin[] = [
+      { kind: 'unix' },
+      { kind: 'tcp', address: '10.1.2.3' },
+      { kind: 'tcp', address: '::ffff:10.9.9.9' },
+      { kind: 'tcp', address: '::1' },
+    ];
+    for (const origin of origins) {
+      const h = harness({ access, origin });
+      const [outcome] = h.option(NBD_OPT_GO, encodeInfoRequest('disk', []));
+      assert.equal(outcome.kind, 'transmission', JSON.stringify(origin));
+    }
+    const outside = harness({ access, origin: { kind: 'tcp', address: '11.0.0.1' } });
+    assert.equal(outside.option(NBD_OPT_GO, encodeInfoRequest('disk', []))[0].kind, 'continue');
   });
 });
