@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   chromium                         # the dashboard's browser test
   systemd nbd-client               # systemd-analyze verify of the units; deploy/diffswap-swap.sh
   util-linux e2fsprogs             # losetup/mkfs for the full-disk tests, prlimit, setpriv
+  openssl                          # certificates for the TLS tests
   zstd lz4 ca-certificates
 )
 
