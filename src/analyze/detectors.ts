@@ -92,9 +92,9 @@ function range(count: number): number[] {
 
 /** Every detector in the study, the store's default first. */
 export const STUDY_DETECTORS: readonly Detector[] = [
-  { name: 'store: blocks + super-features', keySet: 0, slots: [0, 1, 2, 3] },
-  { name: 'store: blocks (paper k=2 s=1)', keySet: 0, slots: [0, 1] },
-  { name: 'store: super-features', keySet: 0, slots: [2, 3] },
+  { name: 'store default: blocks (paper k=2 s=1)', keySet: 0, slots: [0, 1] },
+  { name: 'store similarity=both', keySet: 0, slots: [0, 1, 2, 3] },
+  { name: 'store similarity=superfeatures', keySet: 0, slots: [2, 3] },
   ...[1, 4, 8].map((k) => ({ name: `paper blocks k=${k} s=1`, keySet: 1, slots: range(k) })),
   ...[1, 2, 4].map((k) => ({ name: `paper blocks k=${k} s=2`, keySet: 2, slots: range(k) })),
 ];

@@ -13,11 +13,23 @@
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { FEATURE_COUNT, zstdDeltaCodec } from '../codec/index.js';
+import { SLOT_BLOCK_A, SLOT_BLOCK_B, SLOT_SUPER_A, SLOT_SUPER_B } from '../codec/sketch.js';
 import { PAGE_SIZE } from '../device/types.js';
+import { sketchOptionsOf } from '../store/codecs.js';
+import { DEFAULT_STORE_TUNING } from '../store/tuning.js';
 import { type ChunkStats, PageKind } from './chunk.js';
 import { type Detector, KEY_SETS, STUDY_DETECTORS } from './detectors.js';
 import { Reservoir } from './sampling.js';
 import { KeyTable } from './table.js';
+
+/** The feature slots the store's default similarity finder keys on (tuning `similarity`). */
+const STORE_SLOTS: readonly number[] = (() => {
+  const sketch = sketchOptionsOf(DEFAULT_STORE_TUNING);
+  return [
+    ...(sketch.blocks ? [SLOT_BLOCK_A, SLOT_BLOCK_B] : []),
+    ...(sketch.superFeatures ? [SLOT_SUPER_A, SLOT_SUPER_B] : []),
+  ];
+})();
 
 /** Page counts by class, as the store would classify them. */
 export interface PageClasses {
@@ -251,7 +263,7 @@ export class Replay {
     if (aloneBytes < PAGE_SIZE) this.classes.uniqueCompressed++;
     else this.classes.uniqueRaw++;
     this.bytes.combined += aloneBytes;
-    for (let slot = 0; slot < FEATURE_COUNT; slot++) {
+    for (const slot of STORE_SLOTS) {
       const feature = stats.features[i * FEATURE_COUNT + slot]!;
       if (feature !== 0) this.similarTable.set(1, feature, page);
     }
@@ -263,8 +275,8 @@ export class Replay {
    */
   private bestCandidate(table: KeyTable, features: Uint32Array, at: number): number {
     return this.vote(
-      FEATURE_COUNT,
-      (slot) => features[at + slot]!,
+      STORE_SLOTS.length,
+      (i) => features[at + STORE_SLOTS[i]!]!,
       (_slot, key) => table.get(1, key),
     );
   }
@@ -298,7 +310,7 @@ export class Replay {
   private lookupDeltaOnly(stats: ChunkStats, i: number, page: number): number {
     const at = i * FEATURE_COUNT;
     const best = this.bestCandidate(this.deltaOnlyTable, stats.features, at);
-    for (let slot = 0; slot < FEATURE_COUNT; slot++) {
+    for (const slot of STORE_SLOTS) {
       const feature = stats.features[at + slot]!;
       if (feature !== 0) this.deltaOnlyTable.set(1, feature, page);
     }

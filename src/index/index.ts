@@ -6,7 +6,10 @@
  * - `objects`: object id -> binary object record (records.ts).
  * - `content`: group id + hash prefix -> object id (dedup candidates; bytes are compared on
  *   a hit, so a prefix is enough and keeps the index small).
- * - `similar`: (group, feature slot, feature) -> newest object id with that feature.
+ * - `similar`: 32-bit hash of (group, feature slot, feature) -> newest object id with that
+ *   feature. Integer keys (4 bytes, not an 8-byte number) keep this, the largest index with
+ *   several entries per stored page, small; a hash shared by two groups only costs a missed
+ *   candidate, since the store checks a candidate's group before it uses it.
  * - `segments`: segment id -> { sizeBytes, liveBytes } of committed payload files.
  * - `exports`: export name -> { id, pageCount, groupId }.
  * - `meta`: 'state' -> counters and accounting, rewritten by every commit.
@@ -31,9 +34,6 @@ export * from './records.js';
 
 /** Numbers of bits of a page number in a page-map key; exports up to 16 TiB. */
 const PAGE_KEY_BITS = 2 ** 32;
-/** Feature slot and value share the low 34 bits of a similarity key (4 slots x 32 bits). */
-const SIMILAR_GROUP_MULTIPLIER = 2 ** 34;
-const SIMILAR_SLOT_MULTIPLIER = 2 ** 32;
 
 /** Page-map key of (export id, page number); a safe integer while export ids < 2^21. */
 export function pageKey(exportId: number, page: number): number {
@@ -45,9 +45,15 @@ export function exportIdOfKey(key: number): number {
   return Math.floor(key / PAGE_KEY_BITS);
 }
 
-/** Similarity-index key of (group id, feature slot, feature value). */
+/**
+ * Similarity-index key of (group id, feature slot, feature value): a 32-bit mix of the three
+ * (the finalizer of MurmurHash3, Appleby), so keys spread evenly over the integer key space.
+ */
 export function similarKey(groupId: number, slot: number, feature: number): number {
-  return groupId * SIMILAR_GROUP_MULTIPLIER + slot * SIMILAR_SLOT_MULTIPLIER + feature;
+  let h = Math.imul(groupId + 1, 0x9e3779b1) ^ Math.imul(slot + 1, 0x85ebca77) ^ feature;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
 }
 
 export interface SegmentRecord {
@@ -127,6 +133,7 @@ export class IndexDb {
     });
     this.#similar = this.#root.openDB<number, number>({
       name: 'similar',
+      keyEncoding: 'uint32',
       encoding: 'ordered-binary',
     });
     this.#segments = this.#root.openDB<SegmentRecord, number>({ name: 'segments' });

@@ -55,8 +55,6 @@ export function decodeMapping(src: Uint8Array): Mapping {
   return { tag, word: 0n, objectId: Number(value) };
 }
 
-/** Features per object kept for similarity-index cleanup; equals codec FEATURE_COUNT. */
-export const OBJECT_FEATURES = 4;
 /** Bytes of the content key stored per object: group (4) + first 8 bytes of SHA-256. */
 export const CONTENT_KEY_BYTES = 12;
 
@@ -79,8 +77,6 @@ export interface ObjectRecord {
   offset: number;
   /** Payload bytes (after the record header). */
   length: number;
-  /** Similarity features it is indexed under (0 = none); removed when it dies. */
-  features: number[];
   /** Content-index key it is indexed under, or null when not indexed. */
   contentKey: Buffer | null;
 }
@@ -95,16 +91,20 @@ const O_DELTA_COUNT = 20; // u32
 const O_SEGMENT = 24; // u32
 const O_OFFSET = 28; // u48
 const O_LENGTH = 34; // u32
-const O_FEATURES = 38; // OBJECT_FEATURES x u32
-const O_CONTENT = O_FEATURES + OBJECT_FEATURES * 4; // CONTENT_KEY_BYTES
-/** Bytes of an encoded object record. */
-export const OBJECT_RECORD_BYTES = O_CONTENT + CONTENT_KEY_BYTES;
+const O_CONTENT = 38; // CONTENT_KEY_BYTES, only when O_HAS_CONTENT is 1
+/**
+ * Bytes of an encoded object record: without a content key, and with one. Every object pays
+ * these (about 1% of a compressed page each 40 bytes), so nothing is kept that no path reads.
+ */
+export const OBJECT_RECORD_BYTES = O_CONTENT;
+export const OBJECT_RECORD_WITH_CONTENT_BYTES = O_CONTENT + CONTENT_KEY_BYTES;
 const U48 = 6;
 
 export function encodeObject(record: ObjectRecord): Buffer {
   assert.ok(record.mapCount >= 0 && record.deltaCount >= 0, 'negative reference count');
-  assert.equal(record.features.length, OBJECT_FEATURES, 'feature count');
-  const out = Buffer.alloc(OBJECT_RECORD_BYTES);
+  const out = Buffer.alloc(
+    record.contentKey ? OBJECT_RECORD_WITH_CONTENT_BYTES : OBJECT_RECORD_BYTES,
+  );
   out.writeUInt8(record.codec, O_CODEC);
   out.writeUInt8(record.contentKey ? 1 : 0, O_HAS_CONTENT);
   out.writeUInt32LE(record.groupId, O_GROUP);
@@ -115,9 +115,6 @@ export function encodeObject(record: ObjectRecord): Buffer {
   out.writeUInt32LE(record.segmentId, O_SEGMENT);
   out.writeUIntLE(record.offset, O_OFFSET, U48);
   out.writeUInt32LE(record.length, O_LENGTH);
-  record.features.forEach((feature, i) => {
-    out.writeUInt32LE(feature, O_FEATURES + i * 4);
-  });
   if (record.contentKey) {
     assert.equal(record.contentKey.length, CONTENT_KEY_BYTES, 'content key length');
     record.contentKey.copy(out, O_CONTENT);
@@ -126,11 +123,10 @@ export function encodeObject(record: ObjectRecord): Buffer {
 }
 
 export function decodeObject(src: Uint8Array): ObjectRecord {
-  assert.equal(src.length, OBJECT_RECORD_BYTES, 'object record has the wrong length');
   const buf = Buffer.from(src.buffer, src.byteOffset, src.length);
-  const features: number[] = [];
-  for (let i = 0; i < OBJECT_FEATURES; i++) features.push(buf.readUInt32LE(O_FEATURES + i * 4));
   const hasContent = buf.readUInt8(O_HAS_CONTENT) === 1;
+  const expected = hasContent ? OBJECT_RECORD_WITH_CONTENT_BYTES : OBJECT_RECORD_BYTES;
+  assert.equal(src.length, expected, 'object record has the wrong length');
   return {
     codec: buf.readUInt8(O_CODEC),
     baseId: buf.readUIntLE(O_BASE, U48),
@@ -141,7 +137,6 @@ export function decodeObject(src: Uint8Array): ObjectRecord {
     segmentId: buf.readUInt32LE(O_SEGMENT),
     offset: buf.readUIntLE(O_OFFSET, U48),
     length: buf.readUInt32LE(O_LENGTH),
-    features,
     contentKey: hasContent
       ? Buffer.from(buf.subarray(O_CONTENT, O_CONTENT + CONTENT_KEY_BYTES))
       : null,

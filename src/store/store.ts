@@ -55,7 +55,6 @@ import {
   type Mapping,
   MappingTag,
   type MappingTagValue,
-  OBJECT_FEATURES,
   type ObjectRecord,
   openIndex,
   pageKey,
@@ -89,8 +88,6 @@ import { SpaceReserve } from './reserve.js';
 import { recordBytes, SegmentFiles } from './segments.js';
 import { resolveTuning, type StoreTuning } from './tuning.js';
 
-assert.equal(FEATURE_COUNT, OBJECT_FEATURES, 'object records keep one slot per feature');
-
 /** Largest export in pages: page numbers are 32-bit in page-map keys. */
 const EXPORT_PAGES_MAX = 2 ** 32;
 /** Largest export id: page-map keys are export id * 2^32 + page, kept a safe integer. */
@@ -101,8 +98,11 @@ const READ_YIELD_PAGES = 256;
 const EXTENTS_WINDOW_PAGES = 65_536;
 /** How long a cached index file size is trusted by stats(). */
 const INDEX_SIZE_TTL_MS = 1_000;
-/** Format version of the persisted state record. */
-const STATE_VERSION = 1;
+/**
+ * Format version of the store (state record, object records, index keys). 2: object records
+ * without feature slots, similarity keys hashed to 32 bits.
+ */
+const STATE_VERSION = 2;
 const RAW_CODEC_ID = 0;
 
 export interface PageStoreOptions {
@@ -473,7 +473,11 @@ export class PageStoreImpl implements Backend {
   /** Second half of opening: reconcile files and exports, then start the writer. */
   async start(specs: ExportSpec[]): Promise<void> {
     if (this.#state.version !== STATE_VERSION) {
-      throw new DeviceError('EINVAL', `store format ${this.#state.version} is not supported`);
+      throw new DeviceError(
+        'EINVAL',
+        `store format ${this.#state.version} is not supported (this diffswap reads format ` +
+          `${STATE_VERSION}); copy the exports out with an older diffswap, or use a new --data`,
+      );
     }
     const changes = emptyChanges();
     if (!this.#segments.has(this.#state.activeSegmentId)) {
@@ -1233,6 +1237,8 @@ export class PageStoreImpl implements Backend {
       let vote = votes.get(id);
       if (!vote) {
         const record = fresh ? null : (this.#index.getObject(id) ?? null);
+        // Keys are hashes: another group's object may answer; it is never a base here.
+        if ((fresh?.groupId ?? record?.groupId ?? groupId) !== groupId) return;
         if (!fresh && record && !this.#usableCommitted(id)) return;
         if (!fresh && record?.baseId !== 0) {
           // The entry names a dead object (see #kill): drop it with this batch.
@@ -1334,7 +1340,6 @@ export class PageStoreImpl implements Backend {
       segmentId: location.segmentId,
       offset: location.offset,
       length: object.payload.length,
-      features: object.features,
       contentKey: object.contentKey,
     };
     ctx.changes.objects.set(object.id, record);

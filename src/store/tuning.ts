@@ -52,7 +52,12 @@ export interface StoreTuning {
    * 1 MiB: a step then pauses the event loop for a few milliseconds at most.
    */
   compactStepBytes: number;
-  /** Which similarity features find delta bases: 'both', 'blocks' or 'superfeatures'. */
+  /**
+   * Which similarity features find delta bases: 'blocks' (the paper's two fixed-offset block
+   * hashes), 'superfeatures' (two super-features of a rolling hash) or 'both'. 'blocks': on
+   * 364 MiB of process memory 'both' stored 0.2% less payload but its index (twice the
+   * entries, each rewritten as LMDB copies on write) took 10.6 MB more, 2.7% of the raw size.
+   */
   similarity: 'both' | 'blocks' | 'superfeatures';
   /** Open segment descriptors kept; far below the usual 1,024 fd limit. */
   openSegmentsMax: number;
@@ -83,7 +88,7 @@ export const DEFAULT_STORE_TUNING: Readonly<StoreTuning> = Object.freeze({
   compactLiveRatioMin: 0.5,
   compactExplicitLiveRatioMin: 0.9,
   compactStepBytes: 1024 * 1024,
-  similarity: 'both',
+  similarity: 'blocks',
   openSegmentsMax: 256,
   rangeOpsMax: 64,
   rangeOpStepPages: 16_384,

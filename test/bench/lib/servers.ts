@@ -32,6 +32,8 @@ export interface DiffswapServerOptions {
   dataDir?: string;
   /** Extra `diffswap serve` arguments (e.g. `--config FILE`). */
   extraArgs?: string[];
+  /** The HTTP listener (`HOST:PORT`); default off. */
+  http?: string;
   label?: string;
 }
 
@@ -54,7 +56,7 @@ export async function startDiffswap(o: DiffswapServerOptions): Promise<BenchServ
         '--listen',
         `127.0.0.1:${port}`,
         '--http',
-        'off',
+        o.http ?? 'off',
         '--backend',
         o.backend,
         '--log-level',
