@@ -154,22 +154,28 @@ function escapeXml(text: string): string {
   return text.replace(/[<>&'"]/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
-/** Geometry of the chart, in SVG user units (pixels). */
-const CHART = { width: 900, labelWidth: 360, barHeight: 22, gap: 6, top: 56, right: 70 };
+/**
+ * Geometry of the chart, in SVG user units (pixels). The label column fits the longest
+ * label at about 7.2 px a character (13 px sans-serif), so no label is cut off.
+ */
+const CHART = { plotWidth: 470, charWidth: 7.2, barHeight: 22, gap: 6, top: 56, right: 70 };
 
 /** A horizontal bar chart of the technique table's savings. */
 export function renderSvg(report: AnalysisReport): string {
   const rows = report.techniques;
-  const plotWidth = CHART.width - CHART.labelWidth - CHART.right;
+  const longest = Math.max(...rows.map((row) => row.name.length), 20);
+  const labelWidth = Math.ceil(longest * CHART.charWidth) + 16;
+  const width = labelWidth + CHART.plotWidth + CHART.right;
+  const plotWidth = CHART.plotWidth;
   const height = CHART.top + rows.length * (CHART.barHeight + CHART.gap) + 40;
-  const x0 = CHART.labelWidth;
+  const x0 = labelWidth;
   const parts: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${CHART.width}" height="${height}" ` +
-      `viewBox="0 0 ${CHART.width} ${height}" font-family="sans-serif" font-size="13">`,
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" ` +
+      `viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="13">`,
     '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" ' +
       'patternTransform="rotate(45)"><rect width="6" height="6" fill="#9ecae1"/>' +
       '<line x1="0" y1="0" x2="0" y2="6" stroke="#3182bd" stroke-width="2"/></pattern></defs>',
-    `<rect width="${CHART.width}" height="${height}" fill="white"/>`,
+    `<rect width="${width}" height="${height}" fill="white"/>`,
     `<text x="10" y="22" font-size="16" font-weight="bold">${escapeXml(
       `Saving per technique: ${report.pageCount} pages, ` +
         `${(report.rawBytes / MIB).toFixed(0)} MiB`,
