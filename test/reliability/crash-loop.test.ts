@@ -10,7 +10,7 @@ import { runCrashLoop, summarizeCrashLoop } from './crash-loop.js';
 import { seedFromEnv } from './support.js';
 
 /** Rounds in CI: about 5 s each on these machines. */
-const CI_ROUNDS = 8;
+const CI_ROUNDS = 20;
 
 const NAME =
   'every write acknowledged before a completed FLUSH, and every FUA write, survives kill -9';

@@ -11,7 +11,7 @@ import { runFuzzCampaign, summarize } from './fuzz-harness.js';
 import { seedFromEnv } from './support.js';
 
 /** Frames sent in CI: enough for every kind of session many times over, in about a minute. */
-const CI_FRAMES = 30_000;
+const CI_FRAMES = 100_000;
 
 const NAME =
   'hostile NBD streams never crash the server, are refused and counted, and spare a healthy client';
