@@ -2,7 +2,7 @@
  * Resource figures of a running process from /proc: resident memory and open descriptors.
  * Sampled by the fuzz and soak runs to show both stay bounded (or flat) under load.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
 /**
  * Resident memory of `pid` in bytes, or null when the process is gone: `rss` is VmRSS (all
@@ -34,11 +34,34 @@ export function openFdCount(pid: number): number | null {
   }
 }
 
+/**
+ * Descriptors of `pid` open on page-store segment files, or null when the process is gone.
+ * Their number follows the segments the store holds (up to its openSegmentsMax), so it may
+ * rise with the data; every other descriptor must stay flat.
+ */
+export function segmentFdCount(pid: number): number | null {
+  try {
+    let count = 0;
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        if (/\/segments\/seg-\d+\.dat$/.test(readlinkSync(`/proc/${pid}/fd/${fd}`))) count++;
+      } catch {
+        // Closed between the listing and the readlink: not open any more.
+      }
+    }
+    return count;
+  } catch {
+    return null;
+  }
+}
+
 export interface ProcSample {
   atMs: number;
   rssBytes: number;
   anonBytes: number;
   fdCount: number;
+  /** Of fdCount, those open on segment files. */
+  segmentFdCount: number;
 }
 
 /**
@@ -51,12 +74,14 @@ export function sampleProcess(pid: number, intervalMs: number, samplesMax = 4_09
   const take = () => {
     const resident = residentBytes(pid);
     const fds = openFdCount(pid);
-    if (resident === null || fds === null) return;
+    const segmentFds = segmentFdCount(pid);
+    if (resident === null || fds === null || segmentFds === null) return;
     samples.push({
       atMs: Date.now() - startedAtMs,
       rssBytes: resident.rss,
       anonBytes: resident.anon,
       fdCount: fds,
+      segmentFdCount: segmentFds,
     });
     if (samples.length > samplesMax) {
       // Keep every other sample of the older half: resolution drops, the shape stays.

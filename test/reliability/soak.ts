@@ -25,7 +25,10 @@ const SAMPLE_INTERVAL_MS = 2_000;
  * over a 30 minute soak would exceed it many times over.
  */
 const RSS_GROWTH_BYTES_MAX = 96 * MiB;
+/** Descriptors other than segment files (sockets, LMDB, logs) may differ by this much. */
 const FD_GROWTH_MAX = 4;
+/** The store's default openSegmentsMax: segment descriptors never exceed it. */
+const SEGMENT_FDS_MAX = 256;
 
 export interface SoakReport {
   minutes: number;
@@ -40,8 +43,12 @@ export interface SoakReport {
   rssFirstBytes: number;
   rssLastBytes: number;
   rssMaxBytes: number;
+  /** Descriptors other than segment files, median of the first and last quarter. */
   fdFirst: number;
   fdLast: number;
+  /** Segment-file descriptors: most seen, and at the end. */
+  segmentFdMax: number;
+  segmentFdLast: number;
   serverFaults: number;
   problems: string[];
 }
@@ -121,8 +128,10 @@ function flatness(samples: ProcSample[]) {
     rssFirstBytes: median(first.map((s) => s.rssBytes)),
     rssLastBytes: median(last.map((s) => s.rssBytes)),
     rssMaxBytes: Math.max(0, ...samples.map((s) => s.rssBytes)),
-    fdFirst: median(first.map((s) => s.fdCount)),
-    fdLast: median(last.map((s) => s.fdCount)),
+    fdFirst: median(first.map((s) => s.fdCount - s.segmentFdCount)),
+    fdLast: median(last.map((s) => s.fdCount - s.segmentFdCount)),
+    segmentFdMax: Math.max(0, ...samples.map((s) => s.segmentFdCount)),
+    segmentFdLast: samples.at(-1)?.segmentFdCount ?? 0,
   };
 }
 
@@ -134,6 +143,9 @@ function judge(r: SoakReport): SoakReport {
     r.problems.push(`anonymous RSS grew ${mib(r.anonFirstBytes)} -> ${mib(r.anonLastBytes)}`);
   }
   if (r.fdLast > r.fdFirst + FD_GROWTH_MAX) r.problems.push(`fds grew ${r.fdFirst} -> ${r.fdLast}`);
+  if (r.segmentFdMax > SEGMENT_FDS_MAX) {
+    r.problems.push(`${r.segmentFdMax} segment descriptors, over the store's ${SEGMENT_FDS_MAX}`);
+  }
   if (r.serverFaults > 0) r.problems.push(`server logged ${r.serverFaults} faults`);
   return r;
 }
@@ -144,7 +156,8 @@ export function summarizeSoak(r: SoakReport): string {
       `${r.verifyErrors} verify errors`,
     `anonymous RSS first quarter ${mib(r.anonFirstBytes)}, last ${mib(r.anonLastBytes)}; ` +
       `total RSS (with the mapped index) ${mib(r.rssFirstBytes)} -> ${mib(r.rssLastBytes)}, ` +
-      `max ${mib(r.rssMaxBytes)}; fds ${r.fdFirst} -> ${r.fdLast}; server faults ${r.serverFaults}`,
+      `max ${mib(r.rssMaxBytes)}; fds other than segments ${r.fdFirst} -> ${r.fdLast}, ` +
+      `segment fds at most ${r.segmentFdMax} (end ${r.segmentFdLast}); server faults ${r.serverFaults}`,
     ...r.problems.map((p) => `  problem: ${p}`),
   ].join('\n');
 }
