@@ -244,20 +244,43 @@ export class SegmentFiles {
    * and a read is latency-bound (a stalled vCPU waits on it).
    */
   readPayload(segmentId: number, offset: number, length: number, objectId: number): Buffer {
-    const fd = this.#fd(segmentId);
-    const record = Buffer.allocUnsafe(recordBytes(length));
-    const got = readSync(fd, record, 0, record.length, offset);
-    const header = record.subarray(0, RECORD_HEADER_BYTES);
-    const payload = record.subarray(RECORD_HEADER_BYTES);
-    const problem =
-      got !== record.length ? 'record cut short' : verifyRecord(header, payload, objectId);
-    if (problem) {
-      throw new DeviceError(
-        'EIO',
-        `object ${objectId} in ${segmentFileName(segmentId)}@${offset}: ${problem}`,
-      );
-    }
+    const [payload] = this.readPayloads(segmentId, offset, [{ length, objectId }]);
+    assert.ok(payload);
     return payload;
+  }
+
+  /**
+   * Reads records that lie back to back from `offset` (the pages of one swap cluster are
+   * written together, so their records usually do) with one read, and verifies each; the
+   * payloads are views of one buffer. Throws DeviceError EIO naming the first bad record.
+   */
+  readPayloads(
+    segmentId: number,
+    offset: number,
+    records: readonly { length: number; objectId: number }[],
+  ): Buffer[] {
+    const fd = this.#fd(segmentId);
+    let total = 0;
+    for (const record of records) total += recordBytes(record.length);
+    const bytes = Buffer.allocUnsafe(total);
+    const got = readSync(fd, bytes, 0, total, offset);
+    const payloads: Buffer[] = [];
+    let at = 0;
+    for (const { length, objectId } of records) {
+      const end = at + recordBytes(length);
+      const header = bytes.subarray(at, at + RECORD_HEADER_BYTES);
+      const payload = bytes.subarray(at + RECORD_HEADER_BYTES, end);
+      const problem = got < end ? 'record cut short' : verifyRecord(header, payload, objectId);
+      if (problem) {
+        throw new DeviceError(
+          'EIO',
+          `object ${objectId} in ${segmentFileName(segmentId)}@${offset + at}: ${problem}`,
+        );
+      }
+      payloads.push(payload);
+      at = end;
+    }
+    return payloads;
   }
 
   /**

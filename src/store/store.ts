@@ -272,6 +272,13 @@ function copyJob(segmentId: number): CompactionJob {
   return { segmentId, mode: 'copy', cursor: 0, run: null, movedBytes: 0 };
 }
 
+/** A committed object a read will decode: where its page goes in the read's buffer. */
+interface PendingRead {
+  id: number;
+  record: ObjectRecord;
+  at: number;
+}
+
 interface FlushWaiter {
   target: number;
   resolve: () => void;
@@ -1482,14 +1489,56 @@ export class PageStoreImpl implements Backend {
   // ---------------------------------------------------------------- reads
 
   /** Contract as PageDevice.readPages; the range is validated by the caller. */
+  /**
+   * Contract as PageDevice.readPages. Pages whose records lie back to back in a segment (a
+   * swap cluster written together) are read with one read call; the run is read before each
+   * yield, since compaction may move records once other work gets in.
+   */
   async readPages(exp: ExportState, firstPage: number, count: number, dst: Buffer, at: number) {
     this.#assertReadable();
+    const run: PendingRead[] = [];
     for (let i = 0; i < count; i++) {
       if (i > 0 && i % READ_YIELD_PAGES === 0) {
+        this.#readRun(run, dst);
         await yieldToEventLoop();
         this.#assertReadable();
       }
-      this.#readPage(pageKey(exp.id, firstPage + i), dst, at + i * PAGE_SIZE);
+      const out = at + i * PAGE_SIZE;
+      const id = this.#readPage(pageKey(exp.id, firstPage + i), dst, out);
+      if (id === 0) continue;
+      const record = this.#index.getObject(id);
+      if (!record) {
+        this.#readRun(run, dst);
+        this.counters.readErrors++;
+        throw new DeviceError('EIO', `page refers to missing object ${id}`);
+      }
+      const last = run.at(-1);
+      const next = last ? last.record.offset + recordBytes(last.record.length) : -1;
+      if (last && (last.record.segmentId !== record.segmentId || next !== record.offset)) {
+        this.#readRun(run, dst);
+      }
+      run.push({ id, record, at: out });
+    }
+    this.#readRun(run, dst);
+  }
+
+  /** Reads and decodes a run of back-to-back records into `dst`, then empties the run. */
+  #readRun(run: PendingRead[], dst: Buffer): void {
+    const first = run[0];
+    if (!first) return;
+    try {
+      const records = run.map((r) => ({ length: r.record.length, objectId: r.id }));
+      const { segmentId, offset } = first.record;
+      const payloads = this.#files.readPayloads(segmentId, offset, records);
+      run.forEach((r, i) => this.#decodePayload(r.id, r.record, payloads[i]!, dst, r.at));
+    } catch (error) {
+      this.counters.readErrors++;
+      if (error instanceof DeviceError) throw error;
+      throw new DeviceError('EIO', `object ${first.id}: ${(error as Error).message}`, {
+        cause: error,
+      });
+    } finally {
+      run.length = 0;
     }
   }
 
@@ -1498,25 +1547,30 @@ export class PageStoreImpl implements Backend {
     if (this.#failed) throw new DeviceError('EIO', `page store failed: ${this.#failed.message}`);
   }
 
-  #readPage(key: number, dst: Buffer, at: number): void {
+  /**
+   * Fills the page at `at` from the buffer, a pending trim, the batch being committed, or a
+   * fill word; returns 0 then, or the id of the committed object the caller must decode.
+   */
+  #readPage(key: number, dst: Buffer, at: number): number {
     const buffered = this.#buffer.get(key);
     if (buffered) {
       buffered.page.copy(dst, at);
-      return;
+      return 0;
     }
     if (this.#inRangeOp(key)) {
       dst.fill(0, at, at + PAGE_SIZE);
-      return;
+      return 0;
     }
     const inflight = this.#inflight.get(key) ?? this.#committing?.pages.get(key);
     if (inflight) {
       inflight.copy(dst, at);
-      return;
+      return 0;
     }
     const mapping = this.#index.getMapping(key);
     if (!mapping) dst.fill(0, at, at + PAGE_SIZE);
     else if (mapping.tag === MappingTag.uniform) fillPage(mapping.word, dst, at);
-    else this.#decodeCommitted(mapping.objectId, dst, at);
+    else return mapping.objectId;
+    return 0;
   }
 
   #inRangeOp(key: number): boolean {
@@ -1524,23 +1578,13 @@ export class PageStoreImpl implements Backend {
     return false;
   }
 
-  #decodeCommitted(id: number, dst: Buffer, at: number): void {
-    const record = this.#index.getObject(id);
-    if (!record) {
-      this.counters.readErrors++;
-      throw new DeviceError('EIO', `page refers to missing object ${id}`);
-    }
-    try {
-      this.#decodeInto(id, record, dst, at);
-    } catch (error) {
-      this.counters.readErrors++;
-      if (error instanceof DeviceError) throw error;
-      throw new DeviceError('EIO', `object ${id}: ${(error as Error).message}`, { cause: error });
-    }
-  }
-
   #decodeInto(id: number, record: ObjectRecord, dst: Buffer, at: number): void {
     const payload = this.#files.readPayload(record.segmentId, record.offset, record.length, id);
+    this.#decodePayload(id, record, payload, dst, at);
+  }
+
+  /** Decodes a verified payload of object `id` into `dst` (a delta through its base). */
+  #decodePayload(id: number, record: ObjectRecord, payload: Buffer, dst: Buffer, at: number) {
     const codec = codecById(record.codec);
     let base: Buffer | null = null;
     if (codec.delta) {
