@@ -171,7 +171,11 @@ export function renderSvg(report: AnalysisReport): string {
   const x0 = labelWidth;
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" ` +
-      `viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="13">`,
+      `viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="13" role="img">`,
+    `<title>${escapeXml(
+      `Saving per technique on ${report.pageCount} pages: ` +
+        rows.map((row) => `${row.name} ${row.savingPercent.toFixed(1)}%`).join('; '),
+    )}</title>`,
     '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" ' +
       'patternTransform="rotate(45)"><rect width="6" height="6" fill="#9ecae1"/>' +
       '<line x1="0" y1="0" x2="0" y2="6" stroke="#3182bd" stroke-width="2"/></pattern></defs>',

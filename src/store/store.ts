@@ -1530,7 +1530,9 @@ export class PageStoreImpl implements Backend {
       const records = run.map((r) => ({ length: r.record.length, objectId: r.id }));
       const { segmentId, offset } = first.record;
       const payloads = this.#files.readPayloads(segmentId, offset, records);
-      run.forEach((r, i) => this.#decodePayload(r.id, r.record, payloads[i]!, dst, r.at));
+      for (const [i, r] of run.entries()) {
+        this.#decodePayload(r.id, r.record, payloads[i]!, dst, r.at);
+      }
     } catch (error) {
       this.counters.readErrors++;
       if (error instanceof DeviceError) throw error;
