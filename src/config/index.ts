@@ -456,7 +456,8 @@ function tlsConfig(raw: z.infer<typeof tlsSchema>, problems: string[]): TlsConfi
   const config = { mode, certFile: file('cert'), keyFile: file('key'), caFile: file('ca') };
   if (mode !== 'off' && (config.certFile === null || config.keyFile === null)) {
     problems.push(
-      `nbd.tls: mode ${mode} needs cert and key (PEM files), e.g. cert: /etc/diffswap/server-cert.pem`,
+      `nbd.tls: mode ${mode} needs cert and key (PEM files), ` +
+        'e.g. cert: /etc/diffswap/server-cert.pem',
     );
   }
   return config;

@@ -206,14 +206,8 @@ export class Negotiator {
   }
 
   #list(data: Buffer): OptionOutcome {
-    if (data.length !== 0) {
-      return this.#error(
-        NBD_OPT_LIST,
-        NBD_REP_ERR_INVALID,
-        'option_bad_length',
-        'LIST takes no data',
-      );
-    }
+    const withData = this.#refuseData(NBD_OPT_LIST, data, 'LIST');
+    if (withData) return withData;
     for (const entry of this.#o.exports.list()) {
       if (!this.#admits(entry)) continue;
       this.#reply(NBD_OPT_LIST, NBD_REP_SERVER, encodeRepServer(entry.name, entry.description));
@@ -261,14 +255,8 @@ export class Negotiator {
 
   #structuredReply(data: Buffer): OptionOutcome {
     const option = NBD_OPT_STRUCTURED_REPLY;
-    if (data.length !== 0) {
-      return this.#error(
-        option,
-        NBD_REP_ERR_INVALID,
-        'option_bad_length',
-        'STRUCTURED_REPLY takes no data',
-      );
-    }
+    const withData = this.#refuseData(option, data, 'STRUCTURED_REPLY');
+    if (withData) return withData;
     if (this.#structuredReplies) {
       return this.#error(
         option,
@@ -328,14 +316,8 @@ export class Negotiator {
         'TLS is not configured on this server',
       );
     }
-    if (data.length !== 0) {
-      return this.#error(
-        option,
-        NBD_REP_ERR_INVALID,
-        'option_bad_length',
-        'STARTTLS takes no data',
-      );
-    }
+    const withData = this.#refuseData(option, data, 'STARTTLS');
+    if (withData) return withData;
     if (this.#tls) {
       return this.#error(option, NBD_REP_ERR_INVALID, 'repeated_option', 'TLS is already on');
     }
@@ -379,6 +361,12 @@ export class Negotiator {
 
   #reply(option: number, type: number, data?: Buffer) {
     this.#o.send(encodeOptionReply(option, type, data));
+  }
+
+  /** ERR_INVALID for an option that takes no data but came with some; null when it has none. */
+  #refuseData(option: number, data: Buffer, name: string): OptionOutcome | null {
+    if (data.length === 0) return null;
+    return this.#error(option, NBD_REP_ERR_INVALID, 'option_bad_length', `${name} takes no data`);
   }
 
   #error(option: number, type: number, reason: string, message: string): OptionOutcome {

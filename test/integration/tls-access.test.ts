@@ -380,21 +380,15 @@ describe('per-export access', () => {
   });
 
   test("the Unix socket's mode decides which users may connect", async (t) => {
-    const closed = await startTestServer({
-      backend: 'memory',
-      exports,
-      unixSocket: true,
-      socketMode: 0o600,
-    });
-    t.after(() => closed.close());
-    const open = await startTestServer({
-      backend: 'memory',
-      exports,
-      unixSocket: true,
-      socketMode: 0o666,
-    });
-    t.after(() => open.close());
-    for (const server of [closed, open]) await chmod(dirname(server.socketPath!), 0o755);
+    const [closed, open] = await Promise.all(
+      [0o600, 0o666].map((socketMode) =>
+        startTestServer({ backend: 'memory', exports, unixSocket: true, socketMode }),
+      ),
+    );
+    for (const server of [closed!, open!]) {
+      t.after(() => server.close());
+      await chmod(dirname(server.socketPath!), 0o755);
+    }
 
     const asNobody = (uri: string) =>
       runTool('setpriv', [
@@ -404,10 +398,10 @@ describe('per-export access', () => {
         'nbdinfo',
         uri,
       ]);
-    const refused = await asNobody(closed.unixUri('open'));
+    const refused = await asNobody(closed!.unixUri('open'));
     assert.notEqual(refused.code, 0, 'mode 0600: an unprivileged user cannot connect');
     assert.match(refused.stderr, /permission denied/i);
-    const allowed = await asNobody(open.unixUri('open'));
+    const allowed = await asNobody(open!.unixUri('open'));
     assert.equal(allowed.code, 0, `mode 0666: ${allowed.stderr}`);
   });
 });

@@ -34,7 +34,10 @@ test(NAME, async (t) => {
   assert.deepEqual(report.problems, [], summarizeCrashLoop(report));
 });
 
-test('the loop detects lost writes (negative control: the memory backend keeps nothing)', async (t) => {
+const NEGATIVE =
+  'the loop detects lost writes (negative control: the memory backend keeps nothing)';
+
+test(NEGATIVE, async (t) => {
   const seed = seedFromEnv();
   const report = await runCrashLoop({ rounds: 1, seed, compactionEvery: 0, backend: 'memory' });
   t.diagnostic(summarizeCrashLoop(report));

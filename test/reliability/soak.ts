@@ -157,7 +157,8 @@ export function summarizeSoak(r: SoakReport): string {
     `anonymous RSS first quarter ${mib(r.anonFirstBytes)}, last ${mib(r.anonLastBytes)}; ` +
       `total RSS (with the mapped index) ${mib(r.rssFirstBytes)} -> ${mib(r.rssLastBytes)}, ` +
       `max ${mib(r.rssMaxBytes)}; fds other than segments ${r.fdFirst} -> ${r.fdLast}, ` +
-      `segment fds at most ${r.segmentFdMax} (end ${r.segmentFdLast}); server faults ${r.serverFaults}`,
+      `segment fds at most ${r.segmentFdMax} (end ${r.segmentFdLast}); ` +
+      `server faults ${r.serverFaults}`,
     ...r.problems.map((p) => `  problem: ${p}`),
   ].join('\n');
 }
