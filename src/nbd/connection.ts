@@ -203,8 +203,14 @@ export class NbdConnection {
     for (const [event, listener] of Object.entries(this.#listeners)) transport.on(event, listener);
   }
 
-  #detach(transport: Duplex) {
-    for (const [event, listener] of Object.entries(this.#listeners)) transport.off(event, listener);
+  /**
+   * Stops taking data and flow events from `transport`. Its 'error' and 'close' listeners
+   * stay: a plain socket under TLS may still fail or close, and an 'error' nobody listens to
+   * would end the process. Both handlers are safe to run twice.
+   */
+  #detachData(transport: Duplex) {
+    const { data, end, drain } = this.#listeners;
+    transport.off('data', data).off('end', end).off('drain', drain);
   }
 
   /** After STARTTLS's ACK: runs the TLS handshake over the plain socket (see the note). */
@@ -218,7 +224,7 @@ export class NbdConnection {
     }
     const plain = this.#transport;
     this.#uncork();
-    this.#detach(plain);
+    this.#detachData(plain);
     plain.pause();
     this.#tls = 'pending';
     const upgrade = () => {
@@ -503,6 +509,7 @@ export class NbdConnection {
   }
 
   #onError(error: Error) {
+    if (this.#phase === 'closed') return;
     if (this.#tls === 'pending') {
       this.#reject('tls_handshake_failed');
       this.#log.info({ err: error.message }, 'TLS handshake failed');

@@ -192,6 +192,11 @@ class OptionClient {
   close() {
     this.#stream.destroy();
   }
+
+  /** Ends the connection with a TCP reset, as a crashed client would. */
+  reset() {
+    (this.#stream as net.Socket).resetAndDestroy();
+  }
 }
 
 describe('NBD over TLS', () => {
@@ -319,6 +324,23 @@ describe('NBD over TLS', () => {
     early.write(Buffer.concat([encodeOption(NBD_OPT_STARTTLS, Buffer.alloc(0)), Buffer.alloc(8)]));
     assert.ok(await early.closedByServer());
     assert.equal(await rejected(server, 'tls_early_data'), 1);
+
+    // Clients that reset the connection at every step of the upgrade: the server stays up,
+    // forgets them, and serves the next client.
+    for (const stage of ['after STARTTLS', 'after its ACK', 'mid-handshake']) {
+      const quitter = await OptionClient.connect(server.port);
+      quitter.write(encodeOption(NBD_OPT_STARTTLS, Buffer.alloc(0)));
+      if (stage !== 'after STARTTLS') await quitter.read(OPTION_REPLY_HEADER_BYTES);
+      if (stage === 'mid-handshake') quitter.write(Buffer.from([0x16, 0x03, 0x01, 0x00]));
+      quitter.reset();
+    }
+    const deadline = Date.now() + WAIT_MS;
+    while (server.server!.connections().length > 1 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(server.server!.connections().length, 1, 'only the TLS client is left');
+    const report = await nbdinfoJson(tlsUri(server, 'disk', certs.caOnlyDir));
+    assert.equal(report.TLS, true);
   });
 
   test('mutual TLS: a client without a certificate from the CA is refused', async (t) => {
