@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
   systemd nbd-client               # systemd-analyze verify of the units; deploy/diffswap-swap.sh
   util-linux e2fsprogs             # losetup/mkfs for the full-disk tests, prlimit, setpriv
   openssl                          # certificates for the TLS tests
+  gdb                              # gcore: real ELF core files for diffswap analyze
   zstd lz4 ca-certificates
 )
 

@@ -15,7 +15,10 @@ export class InputError extends Error {
 }
 
 export interface ImageRange {
-  /** Byte offset in the file; a multiple of PAGE_SIZE for raw images. */
+  /**
+   * Byte offset in the file: 0 for raw images; for a core file its segment's offset, page
+   * aligned in kernel cores but not in gdb's `gcore` files (pages are read at any offset).
+   */
   offset: number;
   /** Whole pages only. */
   pageCount: number;
@@ -128,8 +131,9 @@ function elfCoreRanges(fd: number, sizeBytes: number, path: string): ImageRange[
     if (table.readUInt32LE(at + P_TYPE) !== PT_LOAD) continue;
     const offset = Number(table.readBigUInt64LE(at + P_OFFSET));
     const fileBytes = Number(table.readBigUInt64LE(at + P_FILESZ));
+    if (offset >= sizeBytes) continue;
     const pageCount = Math.floor(Math.min(fileBytes, sizeBytes - offset) / PAGE_SIZE);
-    if (pageCount > 0 && offset % PAGE_SIZE === 0) ranges.push({ offset, pageCount });
+    if (pageCount > 0) ranges.push({ offset, pageCount });
   }
   if (ranges.length === 0) throw new InputError(`${path}: ELF core file with no memory pages`);
   return ranges;

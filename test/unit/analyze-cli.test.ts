@@ -1,12 +1,14 @@
 // `diffswap analyze` as a user runs it (the built CLI): reports, JSON, chart, ELF cores, and
 // clear messages with documented exit codes for bad input.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { PAGE_SIZE } from '../../src/device/types.js';
-import { runTool } from '../helpers/exec.js';
+import { runTool, runToolOk } from '../helpers/exec.js';
 import { makeTempDir, randomBytes } from '../helpers/files.js';
 
 const cli = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
@@ -17,9 +19,10 @@ function analyze(args: string[]) {
 
 /**
  * A minimal 64-bit little-endian ELF core (System V gABI): the header, a PT_NOTE and two
- * PT_LOAD program headers, then each segment's bytes at a page-aligned offset.
+ * PT_LOAD program headers, then each segment's bytes from `firstOffset` on (a page, as the
+ * kernel aligns them; gdb's gcore does not align them at all).
  */
-function elfCore(segments: Buffer[]): Buffer {
+function elfCore(segments: Buffer[], firstOffset = PAGE_SIZE): Buffer {
   const phentsize = 56;
   const phnum = segments.length + 1;
   const header = Buffer.alloc(64);
@@ -36,7 +39,7 @@ function elfCore(segments: Buffer[]): Buffer {
   header.writeUInt16LE(phnum, 56);
   const table = Buffer.alloc(phnum * phentsize);
   table.writeUInt32LE(4, 0); // PT_NOTE, ignored
-  let offset = PAGE_SIZE;
+  let offset = firstOffset;
   segments.forEach((segment, i) => {
     const at = (i + 1) * phentsize;
     table.writeUInt32LE(1, at); // PT_LOAD
@@ -45,7 +48,7 @@ function elfCore(segments: Buffer[]): Buffer {
     table.writeBigUInt64LE(BigInt(segment.length), at + 40); // p_memsz
     offset += segment.length;
   });
-  const headerPage = Buffer.alloc(PAGE_SIZE);
+  const headerPage = Buffer.alloc(firstOffset);
   Buffer.concat([header, table]).copy(headerPage);
   return Buffer.concat([headerPage, ...segments]);
 }
@@ -88,6 +91,51 @@ describe('diffswap analyze (CLI)', () => {
     assert.equal(report.pageCount, 5, 'the header page is not memory');
     assert.equal(report.classes.zero, 2);
     assert.equal(report.classes.uniqueRaw, 3);
+  });
+
+  it('reads segments at unaligned offsets, as gdb gcore writes them', async () => {
+    const core = join(dir.path, 'core-unaligned');
+    const random = randomBytes(3 * PAGE_SIZE, 11);
+    await writeFile(core, elfCore([Buffer.alloc(2 * PAGE_SIZE), random], 0xfc8));
+    const result = await analyze([core, '--exact-only', '--json', '-']);
+    assert.equal(result.code, 0, result.stderr);
+    const report = JSON.parse(result.stdout);
+    assert.equal(report.pageCount, 5);
+    assert.equal(report.classes.zero, 2);
+    assert.equal(report.classes.uniqueRaw, 3);
+  });
+
+  it("reads a real core file from gdb's gcore, every page of its load segments", async () => {
+    const child = spawn(
+      'python3',
+      [
+        '-c',
+        'import time\nd = {i: str(i) * 9 for i in range(100000)}\nprint("ready", flush=True)\ntime.sleep(60)',
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    try {
+      await once(child.stdout!, 'data');
+      const prefix = join(dir.path, 'gcore');
+      await runToolOk('gcore', ['-o', prefix, String(child.pid)], { timeoutMs: 120_000 });
+      const core = `${prefix}.${child.pid}`;
+      // readelf, a tool of its own, says how many whole pages the load segments hold.
+      const table = (await runToolOk('readelf', ['-lW', core])).stdout;
+      let pages = 0;
+      for (const line of table.split('\n')) {
+        const fields = line.trim().split(/\s+/);
+        if (fields[0] === 'LOAD') pages += Math.floor(Number(fields[4]) / PAGE_SIZE);
+      }
+      assert.ok(pages > 1000, `readelf counted ${pages} pages`);
+      const result = await analyze([core, '--exact-only', '--json', '-']);
+      assert.equal(result.code, 0, result.stderr);
+      const report = JSON.parse(result.stdout);
+      assert.equal(report.files[0].format, 'elf-core');
+      assert.equal(report.pageCount, pages);
+      assert.ok(report.classes.uniqueCompressed > 0, 'a python heap has compressible pages');
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 
   it('reports a tail that is not a whole page and analyzes the rest', async () => {
