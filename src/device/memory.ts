@@ -64,12 +64,17 @@ export class MemoryPageDevice implements PageDevice {
 
   async flush() {}
 
-  async extents(firstPage: number, count: number): Promise<PageExtent[]> {
+  async extents(
+    firstPage: number,
+    count: number,
+    extentsMax = Number.POSITIVE_INFINITY,
+  ): Promise<PageExtent[]> {
     const out: PageExtent[] = [];
     for (let i = 0; i < count; i++) {
       const hole = !this.#pages.has(firstPage + i);
       const last = out[out.length - 1];
       if (last && last.hole === hole) last.pageCount++;
+      else if (out.length >= extentsMax) break;
       else out.push({ pageCount: 1, hole, zero: hole });
     }
     return out;

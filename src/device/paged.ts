@@ -126,13 +126,13 @@ export class PagedDevice {
   /**
    * Allocation state of the range as byte extents, in order, clipped to the range and merged
    * where neighbours agree. They may cover less than `length` (the device answers at least
-   * one page); they never run past it.
+   * one page); they never run past it. With `extentsMax`, at most that many (REQ_ONE: 1).
    */
-  async extents(offset: number, length: number): Promise<ByteExtent[]> {
+  async extents(offset: number, length: number, extentsMax?: number): Promise<ByteExtent[]> {
     this.#assertRange(offset, length);
     if (length === 0) return [];
     const span = pageSpan(offset, length);
-    const pageExtents = await this.device.extents(span.first, span.count);
+    const pageExtents = await this.device.extents(span.first, span.count, extentsMax);
     return clipExtents(pageExtents, span.first * PAGE_SIZE, offset, offset + length);
   }
 

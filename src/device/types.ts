@@ -89,8 +89,12 @@ export interface PageDevice {
   /** Resolves when every write that resolved before this call is durable. */
   flush(): Promise<void>;
 
-  /** Allocation state of a range, as consecutive extents covering at least one page. */
-  extents(firstPage: number, count: number): Promise<PageExtent[]>;
+  /**
+   * Allocation state of a range, as consecutive extents from `firstPage` covering at least
+   * one page (and at most `count`). At most `extentsMax` extents (default unbounded): a device
+   * stops looking where the next one would begin, so a one-extent question costs one extent.
+   */
+  extents(firstPage: number, count: number, extentsMax?: number): Promise<PageExtent[]>;
 }
 
 /** Which storage techniques an export uses; all on by default. */

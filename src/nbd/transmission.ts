@@ -314,8 +314,9 @@ function zeroPageRuns(data: Buffer, at: number, offset: number, length: number):
 async function blockStatus(h: RequestHeader, offset: number, ctx: RequestContext) {
   // The length is a hint: look at no more than the limit; the client asks again for the rest.
   const length = Math.min(h.length, ctx.blockStatusBytesMax);
-  let extents = await ctx.device.extents(offset, length);
-  if ((h.flags & NBD_CMD_FLAG_REQ_ONE) !== 0) extents = extents.slice(0, 1);
+  const one = (h.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
+  let extents = await ctx.device.extents(offset, length, one ? 1 : undefined);
+  if (one) extents = extents.slice(0, 1);
   if (extents.length === 0) throw new DeviceError('EIO', 'device reported no extents');
   return encodeBlockStatus(h.cookie, BASE_ALLOCATION_CONTEXT_ID, extents.map(toDescriptor));
 }

@@ -355,8 +355,8 @@ export class StorePageDevice implements PageDevice {
     return this.#store.flush();
   }
 
-  extents(firstPage: number, count: number) {
-    return this.#store.extents(this.#exp, firstPage, count);
+  extents(firstPage: number, count: number, extentsMax = Number.POSITIVE_INFINITY) {
+    return this.#store.extents(this.#exp, firstPage, count, extentsMax);
   }
 
   #assertWritable() {
@@ -1608,30 +1608,75 @@ export class PageStoreImpl implements Backend {
   }
 
   /** Contract as PageDevice.extents. Zero-filled and unmapped pages are holes. */
-  async extents(exp: ExportState, firstPage: number, count: number): Promise<PageExtent[]> {
+  async extents(
+    exp: ExportState,
+    firstPage: number,
+    count: number,
+    extentsMax: number,
+  ): Promise<PageExtent[]> {
     this.#assertReadable();
     const startKey = pageKey(exp.id, firstPage);
-    const window = Math.min(count, EXTENTS_WINDOW_PAGES);
-    // Committed mappings of the window, found by one range scan instead of a get per page.
-    const committed = new Map<number, Mapping>();
-    for (const [key, mapping] of this.#index.mappingsInRange(startKey, startKey + window)) {
-      committed.set(key, mapping);
-    }
     const out: PageExtent[] = [];
-    const push = (hole: boolean, pages: number) => {
+    /** Adds `pages` pages; false when they would start an extent past `extentsMax`. */
+    const push = (hole: boolean, pages: number): boolean => {
       const last = out[out.length - 1];
       if (last && last.hole === hole) last.pageCount += pages;
+      else if (out.length >= extentsMax) return false;
       else out.push({ pageCount: pages, hole, zero: hole });
+      return true;
     };
-    for (let i = 0; i < window; i++) push(this.#isHole(startKey + i, committed), 1);
-    if (window < count && committed.size === 0 && this.#noPendingFor(exp)) {
-      // Nothing stored or pending in the first window: look for the next stored page so a
-      // sparse device answers in one reply.
-      const next = this.#index.mappingsInRange(startKey + window, startKey + count).next();
-      const holeEnd = next.done ? startKey + count : next.value[0];
-      push(true, holeEnd - startKey - window);
+    // Committed mappings in key order, read lazily: a reply that stops early (REQ_ONE, the
+    // extent limit) reads no further. qemu asks for one extent at a time, so this matters.
+    const committed = this.#index.mappingsInRange(startKey, startKey + count);
+    try {
+      if (this.#noPendingFor(exp)) {
+        this.#committedExtents(committed, startKey, count, push);
+      } else {
+        this.#pendingExtents(committed, startKey, count, push);
+      }
+    } finally {
+      committed.return(undefined);
     }
     return out;
+  }
+
+  /**
+   * Extents from the committed index alone: one step per mapped page, a hole between two
+   * mapped pages in one step. Stops after EXTENTS_WINDOW_PAGES mapped pages.
+   */
+  #committedExtents(
+    committed: Generator<[number, Mapping]>,
+    startKey: number,
+    count: number,
+    push: (hole: boolean, pages: number) => boolean,
+  ): void {
+    let at = startKey;
+    let seen = 0;
+    for (let next = committed.next(); !next.done; next = committed.next()) {
+      const [key, mapping] = next.value;
+      if (key > at && !push(true, key - at)) return;
+      if (!push(isHoleMapping(mapping), 1)) return;
+      at = key + 1;
+      if (++seen >= EXTENTS_WINDOW_PAGES) return;
+    }
+    if (at < startKey + count) push(true, startKey + count - at);
+  }
+
+  /** Extents while writes or range operations are pending: page by page, one window. */
+  #pendingExtents(
+    committed: Generator<[number, Mapping]>,
+    startKey: number,
+    count: number,
+    push: (hole: boolean, pages: number) => boolean,
+  ): void {
+    const window = Math.min(count, EXTENTS_WINDOW_PAGES);
+    let next = committed.next();
+    for (let i = 0; i < window; i++) {
+      const key = startKey + i;
+      while (!next.done && next.value[0] < key) next = committed.next();
+      const mapping = !next.done && next.value[0] === key ? next.value[1] : undefined;
+      if (!push(this.#isHole(key, mapping), 1)) return;
+    }
   }
 
   #noPendingFor(exp: ExportState): boolean {
@@ -1645,15 +1690,13 @@ export class PageStoreImpl implements Backend {
     return true;
   }
 
-  #isHole(key: number, committed: Map<number, Mapping>): boolean {
+  #isHole(key: number, mapping: Mapping | undefined): boolean {
     const buffered = this.#buffer.get(key)?.page ?? null;
     if (buffered) return isZeroPage(buffered);
     if (this.#inRangeOp(key)) return true;
     const inflight = this.#inflight.get(key) ?? this.#committing?.pages.get(key);
     if (inflight) return isZeroPage(inflight);
-    const mapping = committed.get(key);
-    if (!mapping) return true;
-    return mapping.tag === MappingTag.uniform && mapping.word === 0n;
+    return mapping === undefined || isHoleMapping(mapping);
   }
 
   // ---------------------------------------------------------------- compaction
@@ -1992,6 +2035,11 @@ export class PageStoreImpl implements Backend {
     }
     return { damaged, damagedTotal };
   }
+}
+
+/** True for a committed mapping that reads as zeroes with no data: a hole. */
+function isHoleMapping(mapping: Mapping): boolean {
+  return mapping.tag === MappingTag.uniform && mapping.word === 0n;
 }
 
 function isZeroPage(page: Buffer): boolean {
