@@ -350,12 +350,72 @@ async function throughput(ctx: BenchContext): Promise<void> {
   }
 }
 
+/**
+ * Reading a memory image back out with the tools people copy disks with: `qemu-img convert`
+ * (asks BLOCK_STATUS one extent at a time, then reads the data) and `nbdcopy`, from the
+ * store with its defaults and from `nbdkit memory` holding the same image, alternated.
+ */
+async function readBack(ctx: BenchContext): Promise<void> {
+  const image = await processImage(ctx.tmpDir, ctx.quick ? 16 * MiB : 64 * MiB);
+  const sizeBytes = Math.ceil(image.bytes / MiB) * MiB;
+  const rounds = ctx.quick ? 1 : 3;
+  ctx.log(`
+read back: ${mib(image.bytes)} MiB of process memory, ${rounds} round(s)`);
+  const servers: BenchServer[] = [];
+  try {
+    servers.push(
+      await startDiffswap({
+        rootDir: ctx.rootDir,
+        backend: 'store',
+        exports: [{ name: 'img', sizeBytes }],
+        dataDir: join(ctx.tmpDir, 'readback-data'),
+        label: 'diffswap store',
+      }),
+    );
+    servers.push(await startNbdkitMemory({ sizeBytes }));
+    for (const server of servers) {
+      await runToolOk('nbdcopy', ['--flush', image.path, server.uri('img')]);
+    }
+    const out = join(ctx.tmpDir, 'readback.raw');
+    const tools: Array<[string, (uri: string) => [string, string[]]]> = [
+      ['qemu-img convert', (uri) => ['qemu-img', ['convert', '-O', 'raw', uri, out]]],
+      ['nbdcopy', (uri) => ['nbdcopy', [uri, out]]],
+    ];
+    const seconds = new Map<string, number[]>();
+    for (let round = 0; round < rounds; round++) {
+      const order = round % 2 === 0 ? servers : [...servers].reverse();
+      for (const [tool, command] of tools) {
+        for (const server of order) {
+          const [file, args] = command(server.uri('img'));
+          const startedMs = performance.now();
+          await runToolOk(file, args, { timeoutMs: 300_000 });
+          const key = `${tool}|${server.label}`;
+          seconds.set(key, [...(seconds.get(key) ?? []), (performance.now() - startedMs) / 1000]);
+        }
+      }
+    }
+    const [store, raw] = servers.map((s) => s.label) as [string, string];
+    const figures: Record<string, Record<string, number>> = {};
+    const rows: Cell[][] = tools.map(([tool]) => {
+      const d = median(seconds.get(`${tool}|${store}`) ?? []);
+      const n = median(seconds.get(`${tool}|${raw}`) ?? []);
+      figures[tool] = { diffswap: d, nbdkit: n, ratio: d / n };
+      return [tool, d.toFixed(2), n.toFixed(2), (d / n).toFixed(2)];
+    });
+    ctx.log(formatTable(['tool', `${store} s`, `${raw} s`, 'ratio'], rows));
+    ctx.record('readBack', { imageBytes: image.bytes, figures });
+  } finally {
+    for (const server of servers) await server.stop();
+  }
+}
+
 export const section: BenchSection = {
   name: 'store',
   description: 'page store: saving on real memory images with metadata; fio vs nbdkit memory',
   async run(ctx) {
     await savings(ctx);
     await throughput(ctx);
+    await readBack(ctx);
   },
 };
 
