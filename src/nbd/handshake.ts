@@ -114,10 +114,15 @@ export class Negotiator {
     this.#o = options;
   }
 
-  /** Client flags: only the two bits we offered may be set, else the spec says disconnect. */
+  /**
+   * Client flags: only the two bits we offered may be set, else the spec says disconnect.
+   * A client without C_FIXED_NEWSTYLE (older nbd-client, libnbd with handshake flags 0) is
+   * served as if it had set it, which the spec allows: such a client sends EXPORT_NAME
+   * alone, and gets the 124 zero bytes after it unless it asked for NO_ZEROES.
+   */
   onClientFlags(flags: number): OptionOutcome {
     const known = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
-    if ((flags & ~known) !== 0 || (flags & NBD_FLAG_C_FIXED_NEWSTYLE) === 0) {
+    if ((flags & ~known) !== 0) {
       return this.#close('bad_client_flags', `unsupported client flags 0x${flags.toString(16)}`);
     }
     this.#noZeroes = (flags & NBD_FLAG_C_NO_ZEROES) !== 0;

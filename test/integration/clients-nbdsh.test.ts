@@ -175,6 +175,34 @@ assert h.pread(4096, 0) == bytes(4096)
       });
     });
 
+    test('clients of older handshakes: no FIXED_NEWSTYLE, with and without NO_ZEROES', async () => {
+      await withTestServer({ backend, exports: SMALL }, async (srv) => {
+        // libnbd then sends EXPORT_NAME only (no GO, no structured replies); the server must
+        // serve it as fixed newstyle, padding the EXPORT_NAME reply unless NO_ZEROES is set.
+        const result = await runNbdsh(
+          srv.uri(),
+          `
+sizes = []
+for flags in (0, nbd.HANDSHAKE_FLAG_NO_ZEROES):
+    h = nbd.NBD()
+    h.set_handshake_flags(flags)
+    h.connect_uri(URI)
+    data = bytes([0x30 + flags]) * 4096
+    h.pwrite(data, 8192)
+    h.flush()
+    assert h.pread(4096, 8192) == data
+    assert not h.get_structured_replies_negotiated()
+    sizes.append(h.get_size())
+    h.shutdown()
+emit({'sizes': sizes, 'after': list(connect().pread(1, 8192))})
+`,
+        );
+        const [report] = nbdshJson<{ sizes: number[]; after: number[] }>(result);
+        assert.deepEqual(report?.sizes, [SMALL[0]!.sizeBytes, SMALL[0]!.sizeBytes]);
+        assert.deepEqual(report?.after, [0x32]);
+      });
+    });
+
     test('block status tells written pages from trimmed and never-written ones', async (t) => {
       if (backend === 'nbdkit') return t.skip('nbdkit memory allocates 32 KiB chunks');
       await withTestServer({ backend, exports: SMALL }, async (srv) => {

@@ -186,8 +186,8 @@ export class FuzzGenerator {
     const frames: FuzzFrame[] = [];
     const flags = Buffer.alloc(4);
     if (this.#chance(40)) {
-      // Unknown client flag bits (or FIXED_NEWSTYLE missing): the spec says disconnect.
-      const bad = this.#chance(500) ? 1 << (2 + this.int(30)) : NBD_FLAG_C_NO_ZEROES;
+      // Unknown client flag bits: the spec says disconnect.
+      const bad = (1 << (2 + this.int(30))) | (this.#chance(500) ? NBD_FLAG_C_NO_ZEROES : 0);
       flags.writeUInt32BE(bad >>> 0, 0);
       frames.push({ bytes: flags, expect: 'close', reason: 'bad_client_flags' });
       return frames;
