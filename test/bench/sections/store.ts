@@ -254,6 +254,17 @@ async function savings(ctx: BenchContext): Promise<void> {
   ctx.record('savingGoalMet', all >= SAVING_GOAL);
 }
 
+/** `diffswap serve` with the page store and one export, its data under the bench's tmp dir. */
+function startStore(ctx: BenchContext, name: string, sizeBytes: number, dir: string) {
+  return startDiffswap({
+    rootDir: ctx.rootDir,
+    backend: 'store',
+    exports: [{ name, sizeBytes }],
+    dataDir: join(ctx.tmpDir, dir),
+    label: 'diffswap store',
+  });
+}
+
 /** fio's memory-like buffers: half-compressible pages, a fifth duplicates. */
 const MEMORY_LIKE = [
   '--buffer_compress_percentage=50',
@@ -278,15 +289,7 @@ async function throughput(ctx: BenchContext): Promise<void> {
   );
   const servers: BenchServer[] = [];
   try {
-    servers.push(
-      await startDiffswap({
-        rootDir: ctx.rootDir,
-        backend: 'store',
-        exports: [{ name: 'bench', sizeBytes: regionBytes }],
-        dataDir: join(ctx.tmpDir, 'fio-data'),
-        label: 'diffswap store',
-      }),
-    );
+    servers.push(await startStore(ctx, 'bench', regionBytes, 'fio-data'));
     servers.push(await startNbdkitMemory({ sizeBytes: regionBytes }));
     servers.push(await startNbdkitMemory({ sizeBytes: regionBytes, allocator: 'zstd' }));
     for (const server of servers) await prefill(server.uri(), regionBytes, MEMORY_LIKE);
@@ -359,19 +362,10 @@ async function readBack(ctx: BenchContext): Promise<void> {
   const image = await processImage(ctx.tmpDir, ctx.quick ? 16 * MiB : 64 * MiB);
   const sizeBytes = Math.ceil(image.bytes / MiB) * MiB;
   const rounds = ctx.quick ? 1 : 3;
-  ctx.log(`
-read back: ${mib(image.bytes)} MiB of process memory, ${rounds} round(s)`);
+  ctx.log(`\nread back: ${mib(image.bytes)} MiB of process memory, ${rounds} round(s)`);
   const servers: BenchServer[] = [];
   try {
-    servers.push(
-      await startDiffswap({
-        rootDir: ctx.rootDir,
-        backend: 'store',
-        exports: [{ name: 'img', sizeBytes }],
-        dataDir: join(ctx.tmpDir, 'readback-data'),
-        label: 'diffswap store',
-      }),
-    );
+    servers.push(await startStore(ctx, 'img', sizeBytes, 'readback-data'));
     servers.push(await startNbdkitMemory({ sizeBytes }));
     for (const server of servers) {
       await runToolOk('nbdcopy', ['--flush', image.path, server.uri('img')]);
