@@ -3,6 +3,8 @@
  * object, payload checksums and reference counts. Damage is reported by export and page
  * offset. Exit 0 when clean (or repaired), 1 when damage remains, 2 on bad usage.
  */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildConfig, ConfigError, readConfigFile, validateStoreKeys } from '../config/index.js';
 import { silentLogger } from '../log/index.js';
@@ -40,6 +42,11 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const file = values.config ? readConfigFile(values.config) : {};
     const config = buildConfig(file, values.data ? { data: values.data } : {});
+    // Opening a folder without a store would create an empty one and call it healthy.
+    if (!existsSync(join(config.dataDir, 'index', 'data.mdb'))) {
+      console.error(`diffswap check: no page store in ${config.dataDir} (nothing to check)`);
+      return 1;
+    }
     const store = await import('../store/index.js');
     const problems = validateStoreKeys(config.store, store.DEFAULT_STORE_TUNING);
     if (problems.length > 0) throw new ConfigError(problems);

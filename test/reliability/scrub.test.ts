@@ -277,3 +277,20 @@ describe('check on a store with compaction work pending', () => {
     }
   });
 });
+
+describe('check of a folder without a store', () => {
+  test('says there is nothing to check, fails, and creates nothing', async () => {
+    const parent = await mkdtemp(join(tmpdir(), 'diffswap-nostore-'));
+    const dir = join(parent, 'typo');
+    try {
+      const check = await runTool(process.execPath, [CLI_PATH, 'check', '--data', dir], {
+        timeoutMs: 60_000,
+      });
+      assert.equal(check.code, 1, check.stderr);
+      assert.match(check.stderr, /no page store in .*typo/);
+      assert.deepEqual(await readdir(parent), []);
+    } finally {
+      await rm(parent, { recursive: true, force: true });
+    }
+  });
+});
