@@ -6,8 +6,9 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { buildConfig, ConfigError, readConfigFile, validateStoreKeys } from '../config/index.js';
+import { buildConfig, ConfigError, readConfigFile } from '../config/index.js';
 import { silentLogger } from '../log/index.js';
+import { assertStoreConfig } from './store-config.js';
 
 const USAGE = `Usage: diffswap check [--config FILE] [--data DIR] [--repair] [--json]
 
@@ -42,14 +43,13 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const file = values.config ? readConfigFile(values.config) : {};
     const config = buildConfig(file, values.data ? { data: values.data } : {});
+    assertStoreConfig(config.store);
     // Opening a folder without a store would create an empty one and call it healthy.
     if (!existsSync(join(config.dataDir, 'index', 'data.mdb'))) {
       console.error(`diffswap check: no page store in ${config.dataDir} (nothing to check)`);
       return 1;
     }
     const store = await import('../store/index.js');
-    const problems = validateStoreKeys(config.store, store.DEFAULT_STORE_TUNING);
-    if (problems.length > 0) throw new ConfigError(problems);
     const opened = await store.openPageStore({
       dataDir: config.dataDir,
       exports: [...config.exports],

@@ -13,7 +13,6 @@ import {
   type ConfigOverrides,
   readConfigFile,
   redactConfig,
-  validateStoreKeys,
 } from '../config/index.js';
 import { MemoryBackend } from '../device/memory.js';
 import type { Backend } from '../device/types.js';
@@ -22,6 +21,7 @@ import { createLogger, type Logger } from '../log/index.js';
 import { Metrics } from '../metrics/index.js';
 import { applyHostSafety } from '../native/host.js';
 import { type ListenSpec, type ServerTls, startNbdServer } from '../nbd/server.js';
+import { assertStoreConfig } from './store-config.js';
 import { version } from './version.js';
 
 export const SERVE_USAGE = `Usage: diffswap serve [options]
@@ -80,8 +80,6 @@ function parseServeArgs(argv: string[]): { configPath?: string; overrides: Confi
 async function openBackend(config: Readonly<Config>, logger: Logger): Promise<Backend> {
   if (config.backend === 'memory') return new MemoryBackend(config.exports);
   const store = await import('../store/index.js');
-  const problems = validateStoreKeys(config.store, store.DEFAULT_STORE_TUNING);
-  if (problems.length > 0) throw new ConfigError(problems);
   mkdirSync(config.dataDir, { recursive: true });
   guardUnhandledRejections(logger, store.isStrayCommitRejection);
   return store.openPageStore({
@@ -146,6 +144,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const { configPath, overrides } = parseServeArgs(argv);
     config = buildConfig(configPath ? readConfigFile(configPath) : {}, overrides);
+    if (config.backend === 'store') assertStoreConfig(config.store);
     tls = serverTls(config);
   } catch (error) {
     console.error(`diffswap serve: ${(error as Error).message}`);

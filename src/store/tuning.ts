@@ -106,6 +106,22 @@ const SEGMENT_BYTES_CEILING = 2 ** 40;
 /** Defaults overlaid with `partial`, validated; throws DeviceError EINVAL listing problems. */
 export function resolveTuning(partial: Partial<StoreTuning> = {}): StoreTuning {
   const tuning: StoreTuning = { ...DEFAULT_STORE_TUNING, ...partial };
+  const problems = tuningProblems(tuning);
+  if (problems.length > 0) {
+    throw new DeviceError('EINVAL', `invalid store tuning: ${problems.join('; ')}`);
+  }
+  return Object.freeze(tuning);
+}
+
+/** zstd's levels: 1 to 22 (above 19 they need much more memory and CPU). */
+const ZSTD_LEVEL_MIN = 1;
+const ZSTD_LEVEL_MAX = 22;
+
+/**
+ * Every problem of a complete tuning, each naming its key and what is allowed, so the
+ * config check at start-up can list them all with the rest of the file's problems.
+ */
+export function tuningProblems(tuning: StoreTuning): string[] {
   const problems: string[] = [];
   const positiveInts: (keyof StoreTuning)[] = [
     'writeBufferPages',
@@ -140,9 +156,12 @@ export function resolveTuning(partial: Partial<StoreTuning> = {}): StoreTuning {
   if (!['both', 'blocks', 'superfeatures'].includes(tuning.similarity)) {
     problems.push(`similarity must be 'both', 'blocks' or 'superfeatures'`);
   }
-  if (!Number.isInteger(tuning.compressionLevel)) problems.push('compressionLevel: an integer');
-  if (problems.length > 0) {
-    throw new DeviceError('EINVAL', `invalid store tuning: ${problems.join('; ')}`);
+  const level = tuning.compressionLevel;
+  if (!Number.isInteger(level) || level < ZSTD_LEVEL_MIN || level > ZSTD_LEVEL_MAX) {
+    problems.push(
+      `compressionLevel must be a whole number from ${ZSTD_LEVEL_MIN} to ${ZSTD_LEVEL_MAX} ` +
+        `(got ${String(level)}); 3 is the default`,
+    );
   }
-  return Object.freeze(tuning);
+  return problems;
 }

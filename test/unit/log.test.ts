@@ -26,7 +26,11 @@ describe('log lines', () => {
   });
 
   it('puts an error message in the line and its stack under it', () => {
-    const err = { type: 'Error', message: 'disk full', stack: 'Error: disk full\n    at f (a.js:1)' };
+    const err = {
+      type: 'Error',
+      message: 'disk full',
+      stack: 'Error: disk full\n    at f (a.js:1)',
+    };
     const line = prettyLine(JSON.stringify({ level: 50, time: 0, err, msg: 'commit failed' }));
     assert.equal(line, '00:00:00.000 ERROR commit failed err="disk full"\n    at f (a.js:1)\n');
   });
