@@ -28,8 +28,11 @@
  *   ingest. Measured on this (heavily shared) machine, swapping zstd for lz4 or turning
  *   deltas off changed ingest by under 20%: per-page cost is spread over hashing, index
  *   operations, copies and compression, so a cheap first tier would not pay for the second
- *   pass and its extra segment writes. TODO(store): revisit with a quiet machine, and
- *   pipeline batch N's commit with batch N+1's encoding (about a fifth of a batch's time).
+ *   pass and its extra segment writes. Batch N+1 is encoded while batch N commits; only
+ *   applying a batch waits for the commit before it. A CPU profile of random writes: zstd
+ *   10%, SHA-256 6%, lmdb-js taking the index writes 13%, GC 9% (per-page Buffers), the rest
+ *   index lookups, copies and bookkeeping. TODO(store): fewer index writes per page and
+ *   reused page buffers are what is left to take; both touch the crash rules.
  */
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
