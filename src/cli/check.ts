@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { buildConfig, ConfigError, readConfigFile } from '../config/index.js';
 import { silentLogger } from '../log/index.js';
-import { assertStoreConfig } from './store-config.js';
+import { storeConfigProblems } from './store-config.js';
 
 const USAGE = `Usage: diffswap check [--config FILE] [--data DIR] [--repair] [--json]
 
@@ -42,8 +42,8 @@ export async function run(argv: string[]): Promise<number> {
   }
   try {
     const file = values.config ? readConfigFile(values.config) : {};
-    const config = buildConfig(file, values.data ? { data: values.data } : {});
-    assertStoreConfig(config.store);
+    const overrides = values.data ? { data: values.data } : {};
+    const config = buildConfig(file, overrides, process.env, storeConfigProblems);
     // Opening a folder without a store would create an empty one and call it healthy.
     if (!existsSync(join(config.dataDir, 'index', 'data.mdb'))) {
       console.error(`diffswap check: no page store in ${config.dataDir} (nothing to check)`);

@@ -21,7 +21,7 @@ import { createLogger, type Logger } from '../log/index.js';
 import { Metrics } from '../metrics/index.js';
 import { applyHostSafety } from '../native/host.js';
 import { type ListenSpec, type ServerTls, startNbdServer } from '../nbd/server.js';
-import { assertStoreConfig } from './store-config.js';
+import { storeConfigProblems } from './store-config.js';
 import { version } from './version.js';
 
 export const SERVE_USAGE = `Usage: diffswap serve [options]
@@ -143,8 +143,8 @@ export async function run(argv: string[]): Promise<number> {
   let tls: ServerTls | null;
   try {
     const { configPath, overrides } = parseServeArgs(argv);
-    config = buildConfig(configPath ? readConfigFile(configPath) : {}, overrides);
-    if (config.backend === 'store') assertStoreConfig(config.store);
+    const file = configPath ? readConfigFile(configPath) : {};
+    config = buildConfig(file, overrides, process.env, storeConfigProblems);
     tls = serverTls(config);
   } catch (error) {
     console.error(`diffswap serve: ${(error as Error).message}`);

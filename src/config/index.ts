@@ -151,6 +151,12 @@ const fileSchema = z
 export type ConfigFile = z.infer<typeof fileSchema>;
 
 /** Command-line overrides; each replaces the file's value. */
+/**
+ * The page store's own check of the `store:` section (keys, types, values), given by the
+ * caller: this module knows nothing of the store's knobs. Its problems join the others.
+ */
+export type StoreCheck = (store: Readonly<Record<string, number | string | boolean>>) => string[];
+
 export interface ConfigOverrides {
   data?: string;
   backend?: 'store' | 'memory';
@@ -363,6 +369,7 @@ export function buildConfig(
   file: ConfigFile,
   overrides: ConfigOverrides = {},
   env: NodeJS.ProcessEnv = process.env,
+  storeProblems: StoreCheck = () => [],
 ): Readonly<Config> {
   const problems: string[] = [];
   const listenText = overrides.listen ?? file.nbd?.listen ?? `127.0.0.1:${DEFAULT_NBD_PORT}`;
@@ -404,11 +411,13 @@ export function buildConfig(
     problems.push('nbd: no TCP listener and no socket; set nbd.listen or nbd.socket');
   }
   const store = storeTuning(file.store ?? {}, problems);
+  const backend = overrides.backend ?? file.backend ?? 'store';
+  if (backend === 'store') problems.push(...storeProblems(store));
   if (problems.length > 0) throw new ConfigError(problems);
 
   const config: Config = {
     dataDir: resolve(overrides.data ?? file.data ?? 'data'),
-    backend: overrides.backend ?? file.backend ?? 'store',
+    backend,
     nbd: { listen, socket, socketMode, tls },
     http: {
       listen: httpListen?.[0] ?? null,

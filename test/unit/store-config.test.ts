@@ -1,16 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { assertStoreConfig } from '../../src/cli/store-config.js';
-import { ConfigError } from '../../src/config/index.js';
+import { storeConfigProblems } from '../../src/cli/store-config.js';
+import { buildConfig } from '../../src/config/index.js';
 
 function problemsOf(store: Record<string, unknown>): string[] {
-  try {
-    assertStoreConfig(store);
-    return [];
-  } catch (error) {
-    assert.ok(error instanceof ConfigError, String(error));
-    return error.problems;
-  }
+  return storeConfigProblems(store);
 }
 
 describe('the store section of the config', () => {
@@ -31,5 +25,16 @@ describe('the store section of the config', () => {
     const problems = problemsOf({ batchPagesMax: 'x', compresionLevel: 0 });
     assert.equal(problems.length, 2, problems.join('\n'));
     assert.ok(problems.some((p) => /did you mean 'compressionLevel'/.test(p)));
+  });
+
+  it('joins the problems of the rest of the file in one list', () => {
+    const file = { nbd: { listen: 'nowhere' }, store: { batchPagesMax: 0 } };
+    assert.throws(
+      () => buildConfig(file, {}, {}, storeConfigProblems),
+      (error: Error) =>
+        /nbd\.listen/.test(error.message) && /store\.batchPagesMax/.test(error.message),
+    );
+    const memory = { ...file, nbd: {}, backend: 'memory' as const };
+    assert.doesNotThrow(() => buildConfig(memory, {}, {}, storeConfigProblems));
   });
 });
