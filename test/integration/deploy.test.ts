@@ -9,6 +9,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { storeConfigProblems } from '../../src/cli/store-config.js';
 import { buildConfig, readConfigFile } from '../../src/config/index.js';
 import { freePort, waitForPort } from '../helpers/nbd-server.js';
 
@@ -71,7 +72,8 @@ describe('deploy: systemd units', () => {
   });
 
   it('ship a config the server accepts, with host safety on and data in the state dir', () => {
-    const config = buildConfig(readConfigFile(`${DEPLOY_DIR}diffswap.yaml`), {});
+    const file = readConfigFile(`${DEPLOY_DIR}diffswap.yaml`);
+    const config = buildConfig(file, {}, {}, storeConfigProblems);
     assert.deepEqual(config.host, { mlock: true, ioFlusher: true, oomScoreAdj: -900 });
     const stateDir = unitValues(SERVICE, 'StateDirectory')[0];
     assert.equal(config.dataDir, `/var/lib/${stateDir}`);

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { storeConfigProblems } from '../../src/cli/store-config.js';
 import {
   buildConfig,
   ConfigError,
@@ -53,7 +54,7 @@ describe('sizes', () => {
 
 describe('config', () => {
   it('the example file is valid and matches the defaults', () => {
-    const config = buildConfig(readConfigFile(EXAMPLE));
+    const config = buildConfig(readConfigFile(EXAMPLE), {}, {}, storeConfigProblems);
     const defaults = buildConfig({});
     assert.deepEqual(config.nbd, defaults.nbd);
     assert.deepEqual(config.http, defaults.http);
