@@ -12,6 +12,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import type { Backend } from '../device/types.js';
 import type { Logger } from '../log/index.js';
 import type { Metrics } from '../metrics/index.js';
+import type { HostSafetyReport } from '../native/host.js';
 import { API_PREFIX, type ApiContext, registerApiRoutes } from './api.js';
 import { bindRefusal, isLoopbackHost, TokenCheck } from './auth.js';
 import { errorHandler, sendError } from './errors.js';
@@ -25,6 +26,11 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** The route changes the store: refused off loopback without a token. */
     write?: boolean;
+    /**
+     * The route carries no store data (the page's static files, the probes): served without
+     * the token. Every other route, unknown paths included, wants it when one is set.
+     */
+    public?: boolean;
   }
 }
 
@@ -56,8 +62,11 @@ export interface HttpServerOptions {
   /** `config` must already be redacted: it is shown to API clients as is. */
   info: { version: string; startedAtMs: number; config?: unknown };
   store?: { compact?(): Promise<unknown>; check?(o: { repair: boolean }): Promise<unknown> };
-  /** Report of host safety measures (mlock, IO flusher, OOM score), shown by /api/v1/info. */
-  hostSafety?: () => unknown;
+  /**
+   * Report of host safety measures (mlock, IO flusher, OOM score), read fresh for
+   * /api/v1/info and /metrics.
+   */
+  hostSafety?: () => HostSafetyReport;
   /** True once the store is open and NBD listens; /readyz answers 503 until then. */
   ready?: () => boolean;
 }
@@ -100,6 +109,7 @@ export async function startHttpServer(o: HttpServerOptions): Promise<HttpServer>
     version: o.info.version,
     backendKind: o.backend.kind,
     counters: storeCounters(o.backend),
+    hostSafety: o.hostSafety,
   });
   const jobs = storeJobs(o.store, o.logger);
   const ctx: ApiContext = { options: o, stats, sampler, ...jobs, connectionsByExport };
@@ -192,16 +202,19 @@ function boundAddress(app: FastifyInstance): { host: string; port: number } {
   return { host: addr.address, port: addr.port };
 }
 
-/** Paths that carry store data, and so want the token when one is set. */
-function wantsToken(url: string): boolean {
-  return url.startsWith(`${API_PREFIX}/`) || url === '/metrics' || url.startsWith('/metrics?');
+/**
+ * Whether the request wants the token when one is set: decided by the route the router
+ * matched (which sees the decoded path, so `/%61pi/...` is the API too), never by the raw URL.
+ */
+function wantsToken(request: FastifyRequest): boolean {
+  return request.routeOptions.config.public !== true;
 }
 
 function addSecurityHooks(app: FastifyInstance, tokenCheck: TokenCheck | null) {
   app.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
     const refusal = writeRefusal(request, tokenCheck !== null);
     if (refusal) return sendError(reply, 'FORBIDDEN', refusal);
-    if (tokenCheck && wantsToken(request.url)) {
+    if (tokenCheck && wantsToken(request)) {
       if (!tokenCheck.matches(request.headers.authorization)) {
         reply.header('www-authenticate', 'Bearer realm="diffswap"');
         return sendError(reply, 'UNAUTHORIZED', 'a valid bearer token is required');
@@ -212,7 +225,7 @@ function addSecurityHooks(app: FastifyInstance, tokenCheck: TokenCheck | null) {
     reply.header('x-content-type-options', 'nosniff');
     reply.header('referrer-policy', 'no-referrer');
     reply.header('x-frame-options', 'DENY');
-    if (wantsToken(request.url)) reply.header('cache-control', 'no-store');
+    if (wantsToken(request)) reply.header('cache-control', 'no-store');
   });
 }
 
@@ -250,8 +263,9 @@ function hostOfUrl(url: string): string | null {
 }
 
 function registerProbes(app: FastifyInstance, ready: (() => boolean) | undefined) {
-  app.get('/healthz', { schema: probeRoute }, async () => ({ status: 'ok' }));
-  app.get('/readyz', { schema: probeRoute }, async (_request, reply) => {
+  const open = { public: true };
+  app.get('/healthz', { schema: probeRoute, config: open }, async () => ({ status: 'ok' }));
+  app.get('/readyz', { schema: probeRoute, config: open }, async (_request, reply) => {
     const isReady = ready?.() ?? true;
     return reply.code(isReady ? 200 : 503).send({ status: isReady ? 'ready' : 'starting' });
   });

@@ -6,6 +6,7 @@
  */
 import client from 'prom-client';
 import type { StoreStats } from '../device/types.js';
+import type { HostSafetyReport } from '../native/host.js';
 import { TECHNIQUES } from './history.js';
 
 /**
@@ -41,6 +42,8 @@ export interface StoreInfo {
   backendKind: string;
   /** Running totals the page store keeps (read errors, collisions, ...), if any. */
   counters?: (() => Readonly<Record<string, number>>) | undefined;
+  /** The host safety measures of `diffswap serve` (mlock, I/O flusher, OOM score), if any. */
+  hostSafety?: (() => HostSafetyReport) | undefined;
 }
 
 /** Page store counters exported as Prometheus counters: counter key -> metric name, help. */
@@ -161,6 +164,7 @@ export function registerStoreMetrics(
 
   added.push(...registerExportGauges(registry, stats));
   added.push(...registerCountersAndInfo(registry, stats, info));
+  if (info.hostSafety) added.push(...registerHostSafety(registry, info.hostSafety));
   added.push(...ensureProcessMetrics(registry));
   return () => {
     for (const name of added) registry.removeSingleMetric(name);
@@ -270,4 +274,35 @@ function ensureProcessMetrics(registry: client.Registry): string[] {
     .getMetricsAsArray()
     .map((m) => m.name)
     .filter((n) => !before.has(n));
+}
+
+/**
+ * Whether each host safety measure is in effect (1) or not (0, asked for or not), and the
+ * bytes mlock pins: an operator serving swap to its own host alerts on these.
+ */
+function registerHostSafety(registry: client.Registry, read: () => HostSafetyReport): string[] {
+  const registers = [registry];
+  new client.Gauge({
+    name: 'diffswap_host_safety_in_effect',
+    help: 'Host safety measure in effect (1) or not (0): mlock, io_flusher, oom_score_adj',
+    labelNames: ['measure', 'requested'],
+    registers,
+    collect() {
+      const r = read();
+      const set = (measure: string, requested: boolean, inEffect: boolean) =>
+        this.set({ measure, requested: String(requested) }, inEffect ? 1 : 0);
+      set('mlock', r.mlock.requested, r.mlock.inEffect);
+      set('io_flusher', r.ioFlusher.requested, r.ioFlusher.inEffect);
+      set('oom_score_adj', r.oomScoreAdj.requested !== null, r.oomScoreAdj.inEffect);
+    },
+  });
+  new client.Gauge({
+    name: 'diffswap_host_locked_bytes',
+    help: 'Address space of the server locked in memory (VmLck)',
+    registers,
+    collect() {
+      this.set(read().mlock.lockedBytes ?? 0);
+    },
+  });
+  return ['diffswap_host_safety_in_effect', 'diffswap_host_locked_bytes'];
 }

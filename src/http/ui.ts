@@ -80,7 +80,8 @@ function loadFiles(): Map<string, StaticFile> {
 export function registerUiRoutes(app: FastifyInstance) {
   const files = loadFiles();
   for (const [url, file] of files) {
-    app.get(url, async (_request, reply) => {
+    // The page and its files hold no store data; the page asks for the token itself.
+    app.get(url, { config: { public: true } }, async (_request, reply) => {
       reply.header('content-type', file.type);
       reply.header('cache-control', 'no-cache');
       if (url === '/') reply.header('content-security-policy', PAGE_CSP);

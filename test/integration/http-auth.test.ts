@@ -99,6 +99,18 @@ describe('HTTP auth', () => {
     // A token in the query string is not a way in (it would end up in logs).
     const viaQuery = await fetch(url(`/api/v1/stats?token=${TOKEN}`));
     assert.equal(viaQuery.status, 401);
+    // The router decodes the path: spelled with percent escapes it is still the same route,
+    // and still wants the token; so do paths that match no route.
+    for (const path of ['/%61pi/v1/stats', '/api/v1/%73tats', '/%6detrics', '/no/such/path']) {
+      const res = await fetch(url(path));
+      assert.equal(
+        (await jsonOf<{ error: { code: string } }>(res, 401)).error.code,
+        'UNAUTHORIZED',
+      );
+    }
+    const encodedWrite = await fetch(url('/%61pi/v1/compaction?wait=true'), { method: 'POST' });
+    assert.equal(encodedWrite.status, 401, 'an encoded write route');
+    assert.equal((await stack.get('/%61pi/v1/stats')).status, 200, 'encoded, with the token');
   });
 
   test('write routes refuse cross-site browsers and rebound host names', async (t) => {
