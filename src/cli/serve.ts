@@ -7,20 +7,20 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
 import { parseArgs } from 'node:util';
 import {
-  buildConfig,
   type Config,
   ConfigError,
   type ConfigOverrides,
-  readConfigFile,
+  loadConfig,
   redactConfig,
 } from '../config/index.js';
 import { MemoryBackend } from '../device/memory.js';
 import type { Backend } from '../device/types.js';
-import { startHttpServer } from '../http/index.js';
+import { bindRefusal } from '../http/auth.js';
+import { type HttpServer, startHttpServer } from '../http/index.js';
 import { createLogger, type Logger } from '../log/index.js';
 import { Metrics } from '../metrics/index.js';
-import { applyHostSafety } from '../native/host.js';
-import { type ListenSpec, type ServerTls, startNbdServer } from '../nbd/server.js';
+import { applyHostSafety, refreshHostSafety } from '../native/host.js';
+import { type ListenSpec, type NbdServer, type ServerTls, startNbdServer } from '../nbd/server.js';
 import { storeConfigProblems } from './store-config.js';
 import { version } from './version.js';
 
@@ -143,9 +143,11 @@ export async function run(argv: string[]): Promise<number> {
   let tls: ServerTls | null;
   try {
     const { configPath, overrides } = parseServeArgs(argv);
-    const file = configPath ? readConfigFile(configPath) : {};
-    config = buildConfig(file, overrides, process.env, storeConfigProblems);
+    config = loadConfig(configPath, overrides, process.env, storeConfigProblems);
     tls = serverTls(config);
+    const httpListen = config.http.listen;
+    const refusal = httpListen && bindRefusal(httpListen.host, config.http.token ?? undefined);
+    if (refusal) throw new ConfigError([`http: ${refusal}`]);
   } catch (error) {
     console.error(`diffswap serve: ${(error as Error).message}`);
     if (!(error instanceof ConfigError)) console.error(SERVE_USAGE);
@@ -164,37 +166,50 @@ export async function run(argv: string[]): Promise<number> {
     return error instanceof ConfigError ? 2 : 1;
   }
   const metrics = new Metrics({ collectProcess: true });
-  const nbd = await startNbdServer({
-    backend,
-    metrics,
-    logger,
-    listen: listenSpecs(config),
-    access: config.exportAccess,
-    ...(tls ? { tls } : {}),
-  });
-  for (const address of nbd.addresses) logger.info({ ...address }, 'nbd listening');
-
   let ready = true;
-  const http = config.http.listen
-    ? await startHttpServer({
-        host: config.http.listen.host,
-        port: config.http.listen.port,
-        ...(config.http.token ? { token: config.http.token } : {}),
-        backend,
-        metrics,
-        logger: logger.child({ component: 'http' }),
-        nbd,
-        info: { version, startedAtMs, config: redactConfig(config) },
-        store: backend as never,
-        hostSafety: () => hostSafety,
-        ready: () => ready,
-      })
-    : null;
+  let nbd: NbdServer | null = null;
+  let http: HttpServer | null = null;
+  try {
+    nbd = await startNbdServer({
+      backend,
+      metrics,
+      logger,
+      listen: listenSpecs(config),
+      access: config.exportAccess,
+      ...(tls ? { tls } : {}),
+    });
+    for (const address of nbd.addresses) logger.info({ ...address }, 'nbd listening');
+    http = config.http.listen
+      ? await startHttpServer({
+          host: config.http.listen.host,
+          port: config.http.listen.port,
+          ...(config.http.token ? { token: config.http.token } : {}),
+          backend,
+          metrics,
+          logger: logger.child({ component: 'http' }),
+          nbd,
+          info: { version, startedAtMs, config: redactConfig(config) },
+          store: backend as never,
+          hostSafety: () => refreshHostSafety(hostSafety),
+          ready: () => ready,
+        })
+      : null;
+  } catch (error) {
+    // A listener that cannot bind (a port in use, an address not on this host) ends the
+    // server: half of it serving would keep a supervisor from ever restarting it.
+    logger.fatal({ err: error }, 'cannot start the listeners');
+    console.error(`diffswap serve: cannot listen: ${(error as Error).message}`);
+    await nbd?.close({ graceMs: 0 }).catch(() => undefined);
+    await backend.close().catch(() => undefined);
+    logger.flush();
+    return 1;
+  }
   if (http) logger.info({ ...http.address }, 'http listening');
   logger.info(
     { version, backend: config.backend, dataDir: config.dataDir, exports: backend.exportNames() },
     'diffswap serving',
   );
+  const server = nbd;
 
   return new Promise<number>((resolveExit) => {
     let stopping = false;
@@ -207,7 +222,7 @@ export async function run(argv: string[]): Promise<number> {
       ready = false;
       logger.info({ signal }, 'shutting down');
       try {
-        await nbd.close({ graceMs: config.shutdownGraceMs });
+        await server.close({ graceMs: config.shutdownGraceMs });
         await http?.close();
         await backend.close();
         logger.info('stopped cleanly');

@@ -6,11 +6,14 @@
 import { parseArgs } from 'node:util';
 import { formatSize } from '../config/size.js';
 import type { StoreStats, TechniqueName } from '../device/types.js';
+import type { HostSafetyReport } from '../native/host.js';
 
 const USAGE = `Usage: diffswap stats [--http HOST:PORT] [--token TOKEN] [--json]
 
-Prints logical and stored bytes, the saving per technique, and per-export figures of the
-server listening on --http (default 127.0.0.1:8080; token also from DIFFSWAP_HTTP_TOKEN).`;
+Prints logical and stored bytes, the saving per technique, per-export figures and the host
+safety measures in effect of the server listening on --http (default 127.0.0.1:8080; token
+also from DIFFSWAP_HTTP_TOKEN). --json prints the stats as the API gives them, with the host
+safety report under "hostSafety".`;
 
 const TECHNIQUES: TechniqueName[] = ['zero', 'duplicate', 'delta', 'compressed', 'raw'];
 
@@ -56,6 +59,39 @@ export function formatStats(stats: StoreStats): string {
   return lines.join('\n');
 }
 
+/** One line per host safety measure: asked for or not, in effect or why not. */
+export function formatHostSafety(report: HostSafetyReport): string {
+  const state = (requested: boolean, inEffect: boolean, error: string | null) =>
+    !requested ? 'off' : inEffect ? 'in effect' : `requested, NOT in effect: ${error ?? '?'}`;
+  const { mlock, ioFlusher, oomScoreAdj } = report;
+  const locked = mlock.lockedBytes === null ? '' : ` (${formatSize(mlock.lockedBytes)} locked)`;
+  const oomValue = oomScoreAdj.value === null ? '' : ` (now ${oomScoreAdj.value})`;
+  return [
+    `mlock        ${state(mlock.requested, mlock.inEffect, mlock.error)}${locked}`,
+    `io flusher   ${state(ioFlusher.requested, ioFlusher.inEffect, ioFlusher.error)}`,
+    `oom score    ${state(oomScoreAdj.requested !== null, oomScoreAdj.inEffect, oomScoreAdj.error)}` +
+      oomValue,
+  ].join('\n');
+}
+
+/** GETs one API path as JSON; a message for the user when it cannot. */
+async function getJson(url: string, token: string | undefined): Promise<unknown> {
+  let response: Response;
+  try {
+    response = await fetch(url, {
+      headers: token ? { authorization: `Bearer ${token}` } : {},
+      signal: AbortSignal.timeout(10_000),
+    });
+  } catch (error) {
+    throw new Error(
+      `no server answers at ${url} (${(error as Error).message}); ` +
+        'start one with `diffswap serve` or pass --http HOST:PORT',
+    );
+  }
+  if (!response.ok) throw new Error(`${url} answered ${response.status}: ${await response.text()}`);
+  return response.json();
+}
+
 export async function run(argv: string[]): Promise<number> {
   let values: { http?: string; token?: string; json?: boolean; help?: boolean };
   try {
@@ -79,25 +115,21 @@ export async function run(argv: string[]): Promise<number> {
   }
   const address = values.http ?? '127.0.0.1:8080';
   const token = values.token ?? process.env.DIFFSWAP_HTTP_TOKEN;
-  const url = `http://${address}/api/v1/stats`;
-  let response: Response;
+  const base = `http://${address}/api/v1`;
+  let stats: StoreStats;
+  let hostSafety: HostSafetyReport | null;
   try {
-    response = await fetch(url, {
-      headers: token ? { authorization: `Bearer ${token}` } : {},
-      signal: AbortSignal.timeout(10_000),
-    });
+    stats = (await getJson(`${base}/stats`, token)) as StoreStats;
+    const info = (await getJson(`${base}/info`, token)) as { hostSafety?: HostSafetyReport | null };
+    hostSafety = info.hostSafety ?? null;
   } catch (error) {
-    console.error(
-      `diffswap stats: no server answers at ${url} (${(error as Error).message}); ` +
-        'start one with `diffswap serve` or pass --http HOST:PORT',
-    );
+    console.error(`diffswap stats: ${(error as Error).message}`);
     return 1;
   }
-  if (!response.ok) {
-    console.error(`diffswap stats: ${url} answered ${response.status}: ${await response.text()}`);
-    return 1;
+  if (values.json) console.log(JSON.stringify({ ...stats, hostSafety }, null, 2));
+  else {
+    console.log(formatStats(stats));
+    if (hostSafety) console.log(`\n${formatHostSafety(hostSafety)}`);
   }
-  const stats = (await response.json()) as StoreStats;
-  console.log(values.json ? JSON.stringify(stats, null, 2) : formatStats(stats));
   return 0;
 }
