@@ -197,6 +197,8 @@ interface ExportState {
 interface BufferedPage {
   /** Sequence number of the oldest unflushed write this entry stands for. */
   seq: number;
+  /** Sequence number of the write whose bytes it holds (the latest); orders it with trims. */
+  writtenSeq: number;
   page: Buffer;
   exportState: ExportState;
   pageNumber: number;
@@ -205,6 +207,8 @@ interface BufferedPage {
 interface RangeOp {
   /** Lowest sequence number it stands for (itself or the buffered writes it dropped). */
   seq: number;
+  /** Its own sequence number: writes numbered below it are older and lose to it. */
+  issuedSeq: number;
   startKey: number;
   endKey: number;
   /** Next key to unmap; the op is done when it reaches endKey. */
@@ -692,14 +696,17 @@ export class PageStoreImpl implements Backend {
       const entry = this.#buffer.get(key);
       if (entry) {
         // Latest write wins in place; the entry keeps its older sequence number so a FLUSH
-        // issued in between still waits for it.
+        // issued in between still waits for it, and takes a new one for its bytes.
         src.copy(entry.page, 0, at, at + PAGE_SIZE);
+        entry.writtenSeq = ++this.#seq;
         continue;
       }
       const page = Buffer.allocUnsafe(PAGE_SIZE);
       src.copy(page, 0, at, at + PAGE_SIZE);
+      const seq = ++this.#seq;
       this.#buffer.set(key, {
-        seq: ++this.#seq,
+        seq,
+        writtenSeq: seq,
         page,
         exportState: exp,
         pageNumber: firstPage + i,
@@ -741,7 +748,7 @@ export class PageStoreImpl implements Backend {
     } else {
       for (const key of [...this.#buffer.keys()]) if (key >= startKey && key < endKey) drop(key);
     }
-    this.#rangeOps.push({ seq: minSeq, startKey, endKey, cursorKey: startKey });
+    this.#rangeOps.push({ seq: minSeq, issuedSeq: seq, startKey, endKey, cursorKey: startKey });
     this.#kick();
     if (options.fua) await this.#flushTo(seq);
   }
@@ -1014,12 +1021,23 @@ export class PageStoreImpl implements Backend {
   /**
    * Puts rolled-back pages back in the buffer. They are older than every buffered page, so
    * they go first; where the buffer holds a newer write of a page, its bytes win and it
-   * takes the older sequence number (a FLUSH issued in between still waits for it).
+   * takes the older sequence number (a FLUSH issued in between still waits for it). A page
+   * that a pending TRIM or WRITE_ZEROES issued after its write covers is not restored: that
+   * operation was acknowledged after it and must win (it stands for the page's sequence
+   * number instead). Buffered pages need no such check: a range operation drops the pages
+   * buffered when it is issued, so any buffered page in its range was written after it.
    */
   #restoreToBuffer(lost: BufferedPage[]): void {
     const merged = new Map<number, BufferedPage>();
     for (const entry of lost.sort((a, b) => a.seq - b.seq)) {
       const key = pageKey(entry.exportState.id, entry.pageNumber);
+      const newerOp = this.#rangeOps.find(
+        (op) => op.issuedSeq > entry.writtenSeq && key >= op.startKey && key < op.endKey,
+      );
+      if (newerOp) {
+        newerOp.seq = Math.min(newerOp.seq, entry.seq);
+        continue;
+      }
       const older = merged.get(key);
       merged.set(key, older ? { ...entry, seq: older.seq } : entry);
     }
