@@ -11,6 +11,11 @@
  * segment lives in the index: bytes past it are a torn tail from a crash and are cut off at
  * open, and files the index does not know are deleted (a crash between creating a segment
  * and committing it, or between committing a compaction and unlinking its source).
+ * A file's name is durable only once its directory is: after creating or deleting segment
+ * files, the next writeStaged() fsyncs the directory too, before the index commit that names
+ * them (else a power cut could leave the index naming a segment whose entry was lost).
+ * Only create() and reconcile() make files; reads and writes of a segment whose file is gone
+ * fail with ENOENT rather than making an empty one.
  *
  * Reclaiming in place. Copying live records out needs free space for them, which a full
  * disk does not have. So compaction first gives the blocks of dead records back to the
@@ -26,6 +31,7 @@ import {
   fdatasync,
   fdatasyncSync,
   constants as fsConstants,
+  fsyncSync,
   ftruncateSync,
   mkdirSync,
   openSync,
@@ -35,6 +41,7 @@ import {
   write,
   writeSync,
 } from 'node:fs';
+import { open as openAsync } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { crc32 } from 'node:zlib';
@@ -152,6 +159,8 @@ export class SegmentFiles {
   readonly #staged = new Map<number, StagedSegment>();
   /** Segments with a write in progress: their descriptors must not be closed. */
   readonly #pinned = new Set<number>();
+  /** Files were created or deleted since the directory was last synced. */
+  #dirDirty = false;
 
   /** `openFilesMax` caps descriptors: a large store has more segments than the fd limit. */
   constructor(dir: string, openFilesMax: number) {
@@ -186,8 +195,9 @@ export class SegmentFiles {
       if (record.sizeBytes > 0) {
         throw new DeviceError('EIO', `segment ${segmentFileName(id)} is missing`);
       }
-      this.#fd(id);
+      this.#fd(id, true);
     }
+    if (this.#dirDirty) this.#syncDir();
     return deleted;
   }
 
@@ -230,6 +240,28 @@ export class SegmentFiles {
       await Promise.all(work);
     } finally {
       this.#pinned.clear();
+    }
+    if (this.#dirDirty) await this.#syncDirAsync();
+  }
+
+  /** Makes created and deleted file names durable (see the design note). */
+  #syncDir(): void {
+    this.#dirDirty = false;
+    const fd = openSync(this.#dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  async #syncDirAsync(): Promise<void> {
+    this.#dirDirty = false;
+    const handle = await openAsync(this.#dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
     }
   }
 
@@ -394,14 +426,19 @@ export class SegmentFiles {
     }
     try {
       unlinkSync(join(this.#dir, segmentFileName(segmentId)));
+      this.#dirDirty = true;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
     }
   }
 
-  /** Creates the file of a new segment now, so reconcile() sees it if the batch commits. */
+  /**
+   * Creates the file of a new segment now, so reconcile() sees it if the batch commits; its
+   * name is synced with the batch's records (writeStaged).
+   */
   create(segmentId: number): void {
-    this.#fd(segmentId);
+    this.#fd(segmentId, true);
+    this.#dirDirty = true;
   }
 
   close(): void {
@@ -409,7 +446,7 @@ export class SegmentFiles {
     this.#fds.clear();
   }
 
-  #fd(segmentId: number): number {
+  #fd(segmentId: number, create = false): number {
     const cached = this.#fds.get(segmentId);
     if (cached !== undefined) {
       // Move to the most recently used end.
@@ -417,10 +454,11 @@ export class SegmentFiles {
       this.#fds.set(segmentId, cached);
       return cached;
     }
-    // Read-write and created when absent, but not O_APPEND: records go at explicit offsets
-    // (Linux would ignore the offset of a positioned write on an O_APPEND descriptor).
+    // Read-write, but not O_APPEND: records go at explicit offsets (Linux would ignore the
+    // offset of a positioned write on an O_APPEND descriptor).
     const path = join(this.#dir, segmentFileName(segmentId));
-    const fd = openSync(path, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o644);
+    const flags = fsConstants.O_RDWR | (create ? fsConstants.O_CREAT : 0);
+    const fd = openSync(path, flags, 0o644);
     this.#fds.set(segmentId, fd);
     this.#evict();
     return fd;
