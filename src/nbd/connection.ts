@@ -28,7 +28,9 @@ import { encodeGreeting, type RequestHeader } from './messages.js';
 import {
   COMMAND_NAMES,
   ERRNO_NAMES,
+  NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
+  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_READ,
   NBD_CMD_WRITE,
   REQUEST_HEADER_BYTES,
@@ -63,7 +65,7 @@ export interface ConnectionOptions {
   metrics: Metrics;
   logger: Logger;
   limits: NbdLimits;
-  /** READ reply buffers, shared by the server's connections. */
+  /** READ reply buffers: this connection's own. */
   slab: ReplySlab;
   onClose: (connection: NbdConnection) => void;
 }
@@ -334,6 +336,7 @@ export class NbdConnection {
       blockStatus: negotiated.blockStatus,
       payloadBytesMax: limits.payloadBytesMax,
       blockStatusBytesMax: limits.blockStatusBytesMax,
+      blockStatusExtentsMax: limits.blockStatusExtentsMax,
       slab: this.#o.slab,
     };
     this.#instruments = instrumentsFor(this.#o.metrics, negotiated.entry.name);
@@ -379,8 +382,14 @@ export class NbdConnection {
   #dispatch(header: RequestHeader, payload: Buffer | null, ctx: RequestContext) {
     const startedAt = performance.now();
     // A READ's reply buffer is allocated before its bytes reach the transport: count it now,
-    // or a burst of large READs could allocate inFlightMax replies at once.
-    const heldBytes = header.type === NBD_CMD_READ ? header.length : (payload?.length ?? 0);
+    // or a burst of large READs could allocate inFlightMax replies at once. The same for the
+    // extent list of a BLOCK_STATUS.
+    const heldBytes =
+      header.type === NBD_CMD_READ
+        ? header.length
+        : header.type === NBD_CMD_BLOCK_STATUS
+          ? blockStatusHeldBytes(header, ctx)
+          : (payload?.length ?? 0);
     this.#inFlight++;
     this.#bytesInFlight += heldBytes;
     executeRequest(header, payload, ctx)
@@ -568,6 +577,18 @@ function instrumentsFor(metrics: Metrics, exportName: string): Instruments {
     writeBytes: metrics.nbdBytes.labels('write', exportName),
   };
 }
+
+/**
+ * Memory a BLOCK_STATUS holds until its reply is out: its extent list (an object each on the
+ * way, far more than the 8 wire bytes of a descriptor) and the reply.
+ */
+function blockStatusHeldBytes(header: RequestHeader, ctx: RequestContext): number {
+  const extents = (header.flags & NBD_CMD_FLAG_REQ_ONE) !== 0 ? 1 : ctx.blockStatusExtentsMax;
+  return extents * BLOCK_STATUS_EXTENT_HELD_BYTES;
+}
+
+/** Bytes counted per extent of a BLOCK_STATUS in flight (an extent object and its descriptor). */
+const BLOCK_STATUS_EXTENT_HELD_BYTES = 64;
 
 /** Exported for tests: smallest buffered-bytes bound that cannot deadlock one full WRITE. */
 export function minimumBufferedBytes(limits: NbdLimits): number {

@@ -42,6 +42,12 @@ export interface NbdLimits {
    * offset not covered. Bounds the work and reply size of one request.
    */
   blockStatusBytesMax: number;
+  /**
+   * Extents one BLOCK_STATUS reply describes at most (the client asks again past the last).
+   * A fragmented GiB is a quarter million extents: without a cap, a pipeline of such requests
+   * would build hundreds of MB of extent lists before the first reply leaves.
+   */
+  blockStatusExtentsMax: number;
   /** Connections served at once across all listeners; more are refused at accept. */
   connectionsMax: number;
   /** Time a handshake may take before the connection is dropped (idle unauthenticated peers). */
@@ -62,6 +68,7 @@ export const DEFAULT_LIMITS: Readonly<NbdLimits> = Object.freeze({
   optionCountPerExport: 8,
   optionBytesMax: 16 * NBD_MAX_STRING_BYTES,
   blockStatusBytesMax: 1024 * MiB,
+  blockStatusExtentsMax: 64 * 1024,
   connectionsMax: 1024,
   handshakeTimeoutMs: 30_000,
   closeLingerMs: 10_000,

@@ -75,7 +75,6 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   const exports = new ExportTable(options.backend, options.access);
   const log = options.logger.child({ component: 'nbd' });
   const connections = new Set<NbdConnection>();
-  const slab = new ReplySlab();
   const listeners: net.Server[] = [];
   let nextId = 1;
   let closing = false;
@@ -98,7 +97,9 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
       metrics: options.metrics,
       logger: options.logger,
       limits,
-      slab,
+      // Its own slabs: a client that does not read its replies pins only slabs of its own,
+      // which its buffered-bytes bound already counts.
+      slab: new ReplySlab(),
       onClose: (c) => connections.delete(c),
     });
     connections.add(connection);

@@ -55,7 +55,8 @@ export interface RequestContext {
   blockStatus: boolean;
   payloadBytesMax: number;
   blockStatusBytesMax: number;
-  /** Where READ reply buffers come from (one per server: slabs are shared). */
+  blockStatusExtentsMax: number;
+  /** Where READ reply buffers come from (the connection's own slabs). */
   slab: ReplySlab;
 }
 
@@ -315,8 +316,9 @@ async function blockStatus(h: RequestHeader, offset: number, ctx: RequestContext
   // The length is a hint: look at no more than the limit; the client asks again for the rest.
   const length = Math.min(h.length, ctx.blockStatusBytesMax);
   const one = (h.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
-  let extents = await ctx.device.extents(offset, length, one ? 1 : undefined);
-  if (one) extents = extents.slice(0, 1);
+  const extentsMax = one ? 1 : ctx.blockStatusExtentsMax;
+  let extents = await ctx.device.extents(offset, length, extentsMax);
+  if (extents.length > extentsMax) extents = extents.slice(0, extentsMax);
   if (extents.length === 0) throw new DeviceError('EIO', 'device reported no extents');
   return encodeBlockStatus(h.cookie, BASE_ALLOCATION_CONTEXT_ID, extents.map(toDescriptor));
 }

@@ -56,6 +56,7 @@ function context(overrides: Partial<RequestContext> = {}, writable = true): Requ
     blockStatus: true,
     payloadBytesMax: 8 * PAGE_SIZE,
     blockStatusBytesMax: SIZE,
+    blockStatusExtentsMax: 64 * 1024,
     slab: new ReplySlab(),
     ...overrides,
   };
@@ -280,6 +281,19 @@ describe('executeRequest', () => {
     const ctx = context({ blockStatusBytesMax: 2 * PAGE_SIZE });
     const [c] = chunks(await run(req(NBD_CMD_BLOCK_STATUS, 0, SIZE), ctx));
     assert.equal(c!.payload.readUInt32BE(4), 2 * PAGE_SIZE);
+  });
+
+  it('BLOCK_STATUS describes no more than its extent limit', async () => {
+    const ctx = context({ blockStatusExtentsMax: 3 });
+    // Every other page written: the whole device is one extent a page.
+    for (let page = 1; page * PAGE_SIZE < SIZE; page += 2) {
+      const at = page * PAGE_SIZE;
+      await run(req(NBD_CMD_WRITE, at, PAGE_SIZE), ctx, Buffer.alloc(PAGE_SIZE, 1));
+    }
+    const [c] = chunks(await run(req(NBD_CMD_BLOCK_STATUS, 0, SIZE), ctx));
+    assert.equal(c!.length, 4 + 3 * 8, 'three descriptors');
+    const lengths = [4, 12, 20].map((at) => c!.payload.readUInt32BE(at));
+    assert.deepEqual(lengths, [PAGE_SIZE, PAGE_SIZE, PAGE_SIZE]);
   });
 
   it('structured errors carry the message; simple errors only the errno', () => {
