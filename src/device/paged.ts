@@ -185,17 +185,22 @@ export class PagedDevice {
    */
   #locked<T>(span: PageSpan, fn: () => Promise<T>): Promise<T> {
     const ticket = new LockTicket();
-    let waits: Promise<void>[] | undefined;
+    // Each holder is waited for once, however many of the span's pages it holds: a large
+    // TRIM over pages one other request holds costs one promise, not one a page.
+    let holders: Set<LockTicket> | undefined;
     const end = span.first + span.count;
     for (let page = span.first; page < end; page++) {
       const previous = this.#locks.get(page);
       if (previous !== undefined) {
-        waits ??= [];
-        waits.push(previous.released());
+        holders ??= new Set();
+        holders.add(previous);
       }
       this.#locks.set(page, ticket);
     }
-    const run = waits === undefined ? fn() : Promise.all(waits).then(fn);
+    const run =
+      holders === undefined
+        ? fn()
+        : Promise.all(Array.from(holders, (holder) => holder.released())).then(fn);
     const unlock = () => {
       for (let page = span.first; page < end; page++) {
         if (this.#locks.get(page) === ticket) this.#locks.delete(page);
