@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { buildConfig, ConfigError, readConfigFile } from '../config/index.js';
+import { ConfigError, loadConfig } from '../config/index.js';
 import { silentLogger } from '../log/index.js';
 import { storeConfigProblems } from './store-config.js';
 
@@ -41,9 +41,8 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   try {
-    const file = values.config ? readConfigFile(values.config) : {};
     const overrides = values.data ? { data: values.data } : {};
-    const config = buildConfig(file, overrides, process.env, storeConfigProblems);
+    const config = loadConfig(values.config, overrides, process.env, storeConfigProblems);
     // Opening a folder without a store would create an empty one and call it healthy.
     if (!existsSync(join(config.dataDir, 'index', 'data.mdb'))) {
       console.error(`diffswap check: no page store in ${config.dataDir} (nothing to check)`);

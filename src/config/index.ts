@@ -344,6 +344,21 @@ export function validateStoreKeys(
 
 /** Reads and parses a YAML config file; throws ConfigError with a clear reason. */
 export function readConfigFile(path: string): ConfigFile {
+  const { file, problems } = readConfigFileLenient(path);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return file;
+}
+
+/** Rounds of dropping bad keys and checking again; each round drops every key it reported. */
+const SCHEMA_ROUNDS_MAX = 8;
+
+/**
+ * Reads and checks a config file as far as it goes: every key the schema refuses (unknown,
+ * or of the wrong type) is reported and dropped, and what is left is returned, so the checks
+ * of buildConfig can list their problems in the same go. Throws ConfigError only when the
+ * file cannot be read or is not YAML.
+ */
+export function readConfigFileLenient(path: string): { file: ConfigFile; problems: string[] } {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -356,9 +371,62 @@ export function readConfigFile(path: string): ConfigFile {
   } catch (error) {
     throw new ConfigError([`${path}: not valid YAML: ${(error as Error).message}`]);
   }
-  const parsed = fileSchema.safeParse(data);
-  if (!parsed.success) throw new ConfigError(describeIssues(parsed.error.issues, path));
-  return parsed.data;
+  const problems: string[] = [];
+  const reported: string[] = [];
+  for (let round = 0; round < SCHEMA_ROUNDS_MAX; round++) {
+    const parsed = fileSchema.safeParse(data);
+    if (parsed.success) return { file: parsed.data, problems };
+    // A key dropped in an earlier round may now be reported missing: that is no news.
+    const fresh = parsed.error.issues.filter(
+      (issue) => !reported.some((done) => issue.path.join('.').startsWith(done)),
+    );
+    problems.push(...describeIssues(fresh, path));
+    for (const issue of parsed.error.issues) {
+      reported.push(issue.path.join('.'));
+      data = dropIssue(data, issue);
+    }
+  }
+  return { file: {}, problems };
+}
+
+/** `data` without the value an issue is about (an unknown key, a value of the wrong type). */
+function dropIssue(data: unknown, issue: z.core.$ZodIssue): unknown {
+  const path = issue.path.map((p) => (typeof p === 'symbol' ? String(p) : p));
+  const keys = issue.code === 'unrecognized_keys' ? issue.keys : null;
+  if (path.length === 0 && keys === null) return {};
+  let parent: unknown = data;
+  const last = keys === null ? path.length - 1 : path.length;
+  for (let i = 0; i < last; i++) {
+    if (typeof parent !== 'object' || parent === null) return data;
+    parent = (parent as Record<string | number, unknown>)[path[i] as string | number];
+  }
+  if (typeof parent !== 'object' || parent === null) return data;
+  const record = parent as Record<string | number, unknown>;
+  if (keys !== null) for (const key of keys) delete record[key];
+  else delete record[path[last] as string | number];
+  return data;
+}
+
+/**
+ * The configuration from an optional file and flag overrides: the file's schema problems
+ * and buildConfig's checks in one ConfigError listing all of them.
+ */
+export function loadConfig(
+  path: string | undefined,
+  overrides: ConfigOverrides = {},
+  env: NodeJS.ProcessEnv = process.env,
+  storeProblems: StoreCheck = () => [],
+): Readonly<Config> {
+  const { file, problems } = path ? readConfigFileLenient(path) : { file: {}, problems: [] };
+  let config: Readonly<Config>;
+  try {
+    config = buildConfig(file, overrides, env, storeProblems);
+  } catch (error) {
+    if (error instanceof ConfigError) throw new ConfigError([...problems, ...error.problems]);
+    throw error;
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return config;
 }
 
 /**

@@ -8,6 +8,7 @@ import { storeConfigProblems } from '../../src/cli/store-config.js';
 import {
   buildConfig,
   ConfigError,
+  loadConfig,
   parseDuration,
   parseEndpoint,
   readConfigFile,
@@ -135,6 +136,36 @@ describe('config', () => {
     const broken = writeConfig('data: [unclosed\n');
     assert.match(problemsOf(() => readConfigFile(broken))[0] ?? '', /not valid YAML/);
     assert.match(problemsOf(() => readConfigFile('/nonexistent/c.yaml'))[0] ?? '', /cannot read/);
+  });
+
+  it('lists the schema problems and the value problems of a file together', () => {
+    const path = writeConfig(
+      [
+        'nbd:',
+        '  lisen: "127.0.0.1:1"',
+        '  listen: "127.0.0.1:99999"',
+        'backend: disk',
+        'exports:',
+        '  - { name: swap, size: 12XB }',
+        'store:',
+        '  compressionLevel: 40',
+      ].join('\n'),
+    );
+    const problems = problemsOf(() => loadConfig(path, {}, {}, storeConfigProblems));
+    const expected = [
+      /'nbd\.lisen'.*'listen'/,
+      /backend/,
+      /nbd\.listen.*99999/,
+      /12XB/,
+      /compressionLevel/,
+    ];
+    for (const pattern of expected) {
+      assert.ok(
+        problems.some((p) => pattern.test(p)),
+        `${pattern} in:\n${problems.join('\n')}`,
+      );
+    }
+    assert.equal(problems.length, expected.length, problems.join('\n'));
   });
 
   it('takes the HTTP token from the environment over the file', () => {
