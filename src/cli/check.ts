@@ -59,8 +59,7 @@ export async function run(argv: string[]): Promise<number> {
       const report = await opened.check({ repair: values.repair ?? false });
       console.log(JSON.stringify(report, null, 2));
       // Healthy, or every problem repaired and no page damaged: 0. Anything left: 1.
-      const unrepaired = report.problems.length - report.repaired;
-      const clean = report.damagedTotal === 0 && unrepaired <= 0;
+      const clean = report.damagedTotal === 0 && report.unrepaired === 0;
       if (!values.json) {
         console.error(
           clean

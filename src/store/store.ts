@@ -140,6 +140,11 @@ export interface CheckReport {
   damagedTotal: number;
   /** Problems fixed by `repair` (reference counts, segment live bytes, orphans). */
   repaired: number;
+  /**
+   * Problems still there: all of them without `repair`; with it, the ones no repair can fix
+   * (objects that do not decode, mappings naming missing objects).
+   */
+  unrepaired: number;
 }
 
 /** A page that reads as EIO, named the way an operator finds it: export and byte offset. */
@@ -1930,9 +1935,9 @@ export class PageStoreImpl implements Backend {
 
   /**
    * Verifies the committed store: every object's record is intact and decodes, reference
-   * counts match the page map and deltas, segment live bytes match their objects, and
-   * accounting matches a recount. Waits for buffered writes first. `repair` sets reference
-   * counts and segment live bytes to the recount and deletes objects nothing refers to; it
+   * counts match the page map and deltas, segment live bytes match their objects. Waits for buffered writes first. `repair` sets reference
+   * counts and segment live bytes to the recount and deletes objects nothing refers to (as
+   * a dead object is deleted: its base's delta count and the accounting follow); it
    * leaves damaged pages mapped, so they keep answering EIO rather than read as zeros (an
    * operator decides: TRIM them, or restore the guest). Per-technique accounting is not
    * recounted.
@@ -1988,9 +1993,13 @@ export class PageStoreImpl implements Backend {
         broken.set(id, (error as Error).message);
       }
     }
+    const unreferenced: number[] = [];
+    const objectsByFanIn = new Map<number, number>();
+    let unrepairable = broken.size;
     for (const [id, record] of this.#index.allObjects()) {
       const maps = mapRefs.get(id) ?? 0;
       const deltas = deltaRefs.get(id) ?? 0;
+      if (deltas > 0) objectsByFanIn.set(deltas, (objectsByFanIn.get(deltas) ?? 0) + 1);
       if (record.mapCount !== maps)
         problems.push(`object ${id}: mapCount ${record.mapCount} != ${maps}`);
       if (record.deltaCount !== deltas) {
@@ -1999,24 +2008,18 @@ export class PageStoreImpl implements Backend {
       mapRefs.delete(id);
       if (maps === 0 && deltas === 0) {
         problems.push(`object ${id}: unreferenced but alive`);
-        if (!repair) continue;
-        ctx.changes.objects.set(id, null);
-        ctx.deadIds.push(id);
-        const live = liveBySegment.get(record.segmentId) ?? 0;
-        liveBySegment.set(record.segmentId, live - recordBytes(record.length));
-        if (record.contentKey && this.#index.getContent(record.contentKey) === id) {
-          const hex = record.contentKey.toString('hex');
-          ctx.changes.content.set(hex, { key: record.contentKey, objectId: null });
-        }
-        repaired++;
+        unreferenced.push(id);
       } else if (repair && (record.mapCount !== maps || record.deltaCount !== deltas)) {
-        ctx.changes.objects.set(id, { ...record, mapCount: maps, deltaCount: deltas });
+        const staged = this.#objectIn(ctx.changes, id);
+        staged.mapCount = maps;
+        staged.deltaCount = deltas;
         repaired++;
       }
     }
     for (const id of mapRefs.keys()) {
       problems.push(`page map refers to missing object ${id}`);
       broken.set(id, 'object record missing');
+      unrepairable++;
     }
     for (const [id, segment] of this.#segments) {
       const live = liveBySegment.get(id) ?? 0;
@@ -2029,9 +2032,34 @@ export class PageStoreImpl implements Backend {
         }
       }
     }
+    if (repair) {
+      // The fan-in histogram is derived from the delta counts just set.
+      this.#fanIn = FanInHistogram.fromEntries([...objectsByFanIn]);
+      // Killed as a dead object is: its content entry, segment bytes, accounting, and its
+      // base's delta count go with it (a base left with nothing follows it). Counts and live
+      // bytes were set to the recount above, which still included these objects.
+      for (const id of unreferenced) {
+        const record = ctx.changes.objects.get(id);
+        if (record === null) continue; // already gone as the base of another
+        const alive = this.#objectIn(ctx.changes, id);
+        alive.mapCount = 0;
+        alive.deltaCount = 0;
+        this.#kill(ctx, id, alive);
+        repaired++;
+      }
+    }
     if (repaired > 0) await this.#commit(ctx);
     const { damaged, damagedTotal } = this.#damagedPages(broken);
-    return { objectsChecked, mappingsChecked, problems, damaged, damagedTotal, repaired };
+    const unrepaired = repair ? unrepairable : problems.length;
+    return {
+      objectsChecked,
+      mappingsChecked,
+      problems,
+      damaged,
+      damagedTotal,
+      repaired,
+      unrepaired,
+    };
   }
 
   /** The pages mapped to broken objects, by export name and byte offset. */

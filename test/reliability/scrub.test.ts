@@ -22,6 +22,7 @@ import { openPageStore } from '../../src/store/index.js';
 import { RECORD_HEADER_BYTES } from '../../src/store/segments.js';
 import { runTool } from '../helpers/exec.js';
 import { CLI_PATH, startServerProcess } from '../helpers/server-process.js';
+import { makePage, pagesOf } from '../helpers/store-pages.js';
 import { SYSTEM_PYTHON, scriptPath } from './support.js';
 
 const PAGE_BYTES = 4096;
@@ -269,6 +270,82 @@ describe('check on a store with compaction work pending', () => {
       try {
         const report = await store.check({ repair: false });
         assert.deepEqual(report.problems, []);
+      } finally {
+        await store.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('check --repair', () => {
+  test('fixes wrong counts and orphans as the store would, then checks clean', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'diffswap-repair-'));
+    const exports = [{ name: EXPORT, sizeBytes: 16 * PAGE_BYTES }];
+    const base = makePage('pool', 0);
+    const near = makePage('similar', 5); // a near-copy of pool page 0: a delta on it
+    const unique = makePage('unique', 1);
+    try {
+      let store = await openPageStore({ dataDir: dir, exports });
+      const device = store.device(EXPORT);
+      assert.ok(device);
+      await device.writePages(0, base, { fua: false });
+      await device.flush();
+      await device.writePages(1, pagesOf([near, unique, unique]), { fua: false });
+      await device.flush();
+      const before = store.stats();
+      assert.equal(before.techniques.delta.objects, 1, 'page 1 is a delta on page 0');
+      await store.close();
+
+      // Damage: page 1's mapping vanishes (its delta is left with no reference, its base
+      // with a delta count it should lose), and the unique page's object counts one map
+      // reference too many.
+      const deltaObject = locate(dir, 1).objectId;
+      const uniqueObject = locate(dir, 2).objectId;
+      const root = openLmdb({ path: join(dir, 'index'), maxDbs: 8, compression: false });
+      try {
+        const exportsDb = root.openDB<{ id: number }, string>({ name: 'exports' });
+        const pages = root.openDB<Buffer, number>({ name: 'pages', encoding: 'binary' });
+        const exportId = exportsDb.get(EXPORT)?.id;
+        assert.ok(exportId !== undefined);
+        await pages.remove(pageKey(exportId, 1));
+      } finally {
+        await root.close();
+      }
+      await damageRecord(dir, uniqueObject, RECORD_MAP_COUNT_FIELD);
+
+      const cli = (args: string[]) =>
+        runTool(process.execPath, [CLI_PATH, 'check', '--data', dir, '--json', ...args], {
+          timeoutMs: 60_000,
+        });
+      const found = await cli([]);
+      assert.equal(found.code, 1, found.stderr);
+      const problems = (JSON.parse(found.stdout) as { problems: string[] }).problems;
+      const expected = [
+        `object ${deltaObject}: unreferenced but alive`,
+        `object ${uniqueObject}: mapCount 3 != 2`,
+      ];
+      for (const line of expected) assert.ok(problems.includes(line), problems.join('\n'));
+
+      const repaired = await cli(['--repair']);
+      assert.equal(repaired.code, 0, repaired.stdout + repaired.stderr);
+      const report = JSON.parse(repaired.stdout) as { repaired: number; unrepaired: number };
+      assert.ok(report.repaired >= 2, repaired.stdout);
+      assert.equal(report.unrepaired, 0);
+
+      const again = await cli([]);
+      assert.equal(again.code, 0, again.stdout);
+      assert.deepEqual((JSON.parse(again.stdout) as { problems: string[] }).problems, []);
+
+      store = await openPageStore({ dataDir: dir, exports });
+      try {
+        const after = store.stats();
+        assert.equal(after.techniques.delta.objects, 0, 'the orphan delta is gone');
+        assert.equal(after.referencePages, 0, 'its base no longer counts as a reference');
+        const out = Buffer.alloc(4 * PAGE_BYTES);
+        await store.device(EXPORT)?.readPages(0, 4, out, 0);
+        assert.ok(out.equals(pagesOf([base, Buffer.alloc(PAGE_BYTES), unique, unique])));
       } finally {
         await store.close();
       }
