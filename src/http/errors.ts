@@ -30,8 +30,6 @@ export const API_ERRORS = {
   UNSUPPORTED_MEDIA_TYPE: 415,
   /** The store behind this server does not offer the operation (e.g. the memory backend). */
   NOT_SUPPORTED: 501,
-  /** The server is still starting (store not open or NBD not listening). */
-  NOT_READY: 503,
   /** A fault of the server; details are in its log. */
   INTERNAL: 500,
 } as const;

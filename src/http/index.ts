@@ -147,6 +147,7 @@ export async function startHttpServer(o: HttpServerOptions): Promise<HttpServer>
 
 async function registerRoutes(app: FastifyInstance, ctx: ApiContext, beforeScrape: () => void) {
   const o = ctx.options;
+  const routes = collectRoutes(app);
   app.server.maxConnections = HTTP_CONNECTIONS_MAX;
   app.setErrorHandler(errorHandler(o.logger));
   app.setNotFoundHandler((request, reply) =>
@@ -161,6 +162,47 @@ async function registerRoutes(app: FastifyInstance, ctx: ApiContext, beforeScrap
   });
   await app.register(async (api) => registerApiRoutes(api, ctx), { prefix: API_PREFIX });
   registerUiRoutes(app);
+  await app.after();
+  registerMethodNotAllowed(app, routes);
+}
+
+/** Every route's path, methods and config, as they are registered. */
+function collectRoutes(app: FastifyInstance) {
+  const routes = new Map<string, { methods: Set<string>; isPublic: boolean }>();
+  app.addHook('onRoute', (route) => {
+    const entry = routes.get(route.url) ?? { methods: new Set(), isPublic: false };
+    for (const method of [route.method].flat()) entry.methods.add(method);
+    entry.isPublic ||= route.config?.public === true;
+    routes.set(route.url, entry);
+  });
+  return routes;
+}
+
+/** Methods a client might try on a path that takes others: answered 405, not 404. */
+const OTHER_METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH'] as const;
+
+/**
+ * A known path asked with a method it does not take answers METHOD_NOT_ALLOWED with an
+ * Allow header (its token rules are the path's own).
+ */
+function registerMethodNotAllowed(
+  app: FastifyInstance,
+  routes: Map<string, { methods: Set<string>; isPublic: boolean }>,
+) {
+  for (const [url, { methods, isPublic }] of [...routes]) {
+    const missing = OTHER_METHODS.filter((m) => !methods.has(m));
+    if (missing.length === 0) continue;
+    const allow = [...methods].join(', ');
+    app.route({
+      method: missing,
+      url,
+      config: { public: isPublic },
+      handler: async (request, reply) => {
+        reply.header('allow', allow);
+        return sendError(reply, 'METHOD_NOT_ALLOWED', `${request.method} ${url}: use ${allow}`);
+      },
+    });
+  }
 }
 
 /** The store jobs the API can start; unsupported when the store lacks the method. */

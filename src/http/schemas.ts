@@ -102,7 +102,11 @@ export const exportParamsSchema = {
   properties: { name: { type: 'string', minLength: 1, maxLength: 4096 } },
 } as const;
 
+/** Routes that take no query parameters: one sent anyway is a mistake, answered 400. */
+const noQuery = { type: 'object', additionalProperties: false, properties: {} } as const;
+
 export const infoRoute = {
+  querystring: noQuery,
   response: {
     200: {
       type: 'object',
@@ -137,6 +141,7 @@ export const infoRoute = {
 } as const;
 
 export const exportsRoute = {
+  querystring: noQuery,
   response: {
     200: {
       type: 'object',
@@ -149,10 +154,12 @@ export const exportsRoute = {
 
 export const exportRoute = {
   params: exportParamsSchema,
+  querystring: noQuery,
   response: { 200: exportView, ...errorResponses },
 } as const;
 
 export const statsRoute = {
+  querystring: noQuery,
   response: {
     200: {
       type: 'object',
@@ -263,6 +270,7 @@ export const historyRoute = {
 } as const;
 
 export const connectionsRoute = {
+  querystring: noQuery,
   response: {
     200: {
       type: 'object',
@@ -303,7 +311,10 @@ const jobStatus = {
   },
 } as const;
 
-export const jobStatusRoute = { response: { 200: jobStatus, ...errorResponses } } as const;
+export const jobStatusRoute = {
+  querystring: noQuery,
+  response: { 200: jobStatus, ...errorResponses },
+} as const;
 
 export const jobStartRoute = (extra: Record<string, object>) =>
   ({
