@@ -16,6 +16,7 @@ DEBIAN_PACKAGES=(
   util-linux e2fsprogs             # losetup/mkfs for the full-disk tests, prlimit, setpriv
   openssl                          # certificates for the TLS tests
   gdb                              # gcore: real ELF core files for diffswap analyze
+  librsvg2-bin fonts-dejavu-core   # rsvg-convert: diffswap analyze --chart OUT.png
   zstd lz4 ca-certificates
 )
 

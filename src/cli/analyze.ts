@@ -1,8 +1,11 @@
 /**
- * `diffswap analyze FILE... [--json OUT] [--chart OUT.svg] [--sample N] [--workers N]`:
+ * `diffswap analyze FILE... [--json OUT] [--chart OUT.svg|.png] [--sample N] [--workers N]`:
  * what each technique would save on memory images (src/analyze). Prints the tables on
- * stdout, a progress bar on stderr when it is a terminal.
+ * stdout, a progress bar on stderr when it is a terminal. The chart is drawn as SVG; a PNG is
+ * that SVG rasterised by librsvg's rsvg-convert (a rasteriser with text layout is far more
+ * than this command should carry, and librsvg is one package on every Linux distribution).
  */
+import { spawn, spawnSync } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -25,7 +28,8 @@ from the store's own codecs; costly comparisons run on a seeded sample and say s
 
 Options:
   --json OUT        also write the full report as JSON to OUT ('-': stdout, no tables)
-  --chart OUT.svg   also write a bar chart of the savings as SVG
+  --chart OUT       also write a bar chart of the savings: OUT.svg, or OUT.png
+                    (PNG needs rsvg-convert: Debian/Ubuntu package librsvg2-bin)
   --sample N        pages (or pairs) per sampled comparison (default ${SAMPLE_SIZE_DEFAULT})
   --exact-only      skip the sampled comparisons: exact figures only, fastest
   --workers N       worker threads (default: one per core, here ${availableParallelism()})
@@ -83,8 +87,8 @@ function parseCli(argv: string[]): CliOptions | 'help' {
   if (values.help) return 'help';
   if (parsed.positionals.length === 0) throw new UsageError('no image files given');
   const chart = values.chart as string | undefined;
-  if (chart !== undefined && !chart.toLowerCase().endsWith('.svg')) {
-    throw new UsageError(`--chart writes SVG only: give a name ending in .svg (got '${chart}')`);
+  if (chart !== undefined && chartFormat(chart) === null) {
+    throw new UsageError(`--chart writes .svg or .png: give a name ending in one (got '${chart}')`);
   }
   return {
     paths: parsed.positionals,
@@ -144,7 +148,48 @@ async function writeOutputs(report: AnalysisReport, options: CliOptions): Promis
       await writeFile(options.json, `${JSON.stringify(report, null, 2)}\n`);
     }
   }
-  if (options.chart !== undefined) await writeFile(options.chart, renderSvg(report));
+  if (options.chart === undefined) return;
+  const svg = renderSvg(report);
+  if (chartFormat(options.chart) === 'png') await writePng(options.chart, svg);
+  else await writeFile(options.chart, svg);
+}
+
+function chartFormat(path: string): 'svg' | 'png' | null {
+  const lower = path.toLowerCase();
+  return lower.endsWith('.svg') ? 'svg' : lower.endsWith('.png') ? 'png' : null;
+}
+
+const RSVG = 'rsvg-convert';
+/** Pixels per SVG unit in the PNG: twice, so the chart stays sharp on dense screens. */
+const PNG_ZOOM = 2;
+
+/** Why a PNG chart cannot be drawn here, or null when rsvg-convert runs. */
+function pngUnavailable(): string | null {
+  const probe = spawnSync(RSVG, ['--version'], { stdio: 'ignore', timeout: 10_000 });
+  if (probe.error === undefined && probe.status === 0) return null;
+  return (
+    `--chart .png needs ${RSVG} (Debian/Ubuntu package librsvg2-bin), which does not run ` +
+    `here${probe.error ? ` (${probe.error.message})` : ''}; install it or write an .svg chart`
+  );
+}
+
+/** Rasterises `svg` into the PNG file `path` with rsvg-convert. */
+function writePng(path: string, svg: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(RSVG, ['--format', 'png', '--zoom', String(PNG_ZOOM), '--output', path], {
+      stdio: ['pipe', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      if (stderr.length < 4096) stderr += chunk.toString();
+    });
+    child.once('error', reject);
+    child.once('close', (code) => {
+      if (code === 0) resolve();
+      else reject(new Error(`${RSVG} exited with ${code}: ${stderr.trim()}`));
+    });
+    child.stdin.end(svg);
+  });
 }
 
 /** Entry point of `diffswap analyze`; resolves to the exit code. */
@@ -160,6 +205,12 @@ export async function run(argv: string[]): Promise<number> {
   if (options === 'help') {
     process.stdout.write(`${ANALYZE_USAGE}\n`);
     return ExitCode.ok;
+  }
+  // Found out before the analysis, not after minutes of it.
+  const noPng = options.chart && chartFormat(options.chart) === 'png' ? pngUnavailable() : null;
+  if (noPng !== null) {
+    process.stderr.write(`diffswap analyze: ${noPng}\n`);
+    return ExitCode.failure;
   }
   let images: ReturnType<typeof openImages>;
   try {

@@ -80,6 +80,28 @@ describe('diffswap analyze (CLI)', () => {
     assert.ok((svg.match(/<rect /g) ?? []).length > report.techniques.length);
   });
 
+  it('writes a PNG chart through rsvg-convert, and says what is missing without it', async () => {
+    const image = join(dir.path, 'png.img');
+    await writeFile(image, Buffer.concat([Buffer.alloc(2 * PAGE_SIZE), randomBytes(PAGE_SIZE, 5)]));
+    const chart = join(dir.path, 'chart.png');
+    const result = await analyze([image, '--exact-only', '--chart', chart]);
+    assert.equal(result.code, 0, result.stderr);
+    const png = await readFile(chart);
+    assert.ok(png.subarray(0, 8).equals(Buffer.from('\x89PNG\r\n\x1a\n', 'latin1')), 'PNG magic');
+    // IHDR: width and height, at twice the SVG's size.
+    assert.ok(png.readUInt32BE(16) >= 800 && png.readUInt32BE(20) >= 200, 'a chart-sized image');
+
+    const missing = join(dir.path, 'missing.png');
+    const noRsvg = await runTool(
+      process.execPath,
+      [cli, 'analyze', '--no-progress', '--workers', '1', image, '--chart', missing],
+      { env: { PATH: '/nonexistent' } },
+    );
+    assert.equal(noRsvg.code, 1);
+    assert.match(noRsvg.stderr, /needs rsvg-convert \(Debian\/Ubuntu package librsvg2-bin\)/);
+    assert.equal(noRsvg.stdout, '', 'refused before the analysis');
+  });
+
   it('reads the memory segments of an ELF core file', async () => {
     const core = join(dir.path, 'core');
     const random = randomBytes(3 * PAGE_SIZE, 9);
@@ -171,7 +193,7 @@ describe('diffswap analyze (CLI)', () => {
   });
 
   it('refuses bad usage with exit code 2 and prints help with 0', async () => {
-    for (const args of [[], ['x.img', '--sample', 'many'], ['x.img', '--chart', 'out.png']]) {
+    for (const args of [[], ['x.img', '--sample', 'many'], ['x.img', '--chart', 'out.gif']]) {
       const result = await analyze(args);
       assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
       assert.match(result.stderr, /Usage: diffswap analyze/);
