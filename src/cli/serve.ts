@@ -176,6 +176,7 @@ export async function run(argv: string[]): Promise<number> {
       logger,
       listen: listenSpecs(config),
       access: config.exportAccess,
+      busyPollUs: config.nbd.busyPollUs,
       ...(tls ? { tls } : {}),
     });
     for (const address of nbd.addresses) logger.info({ ...address }, 'nbd listening');

@@ -51,6 +51,8 @@ export interface Config {
     /** Permission bits of the Unix socket file (who may connect); null leaves the umask's. */
     socketMode: number | null;
     tls: TlsConfig;
+    /** Busy-poll window after the server runs out of requests (src/nbd/busy-poll.ts). */
+    busyPollUs: number;
   };
   http: { listen: Endpoint | null; token: string | null };
   exports: ExportSpec[];
@@ -112,6 +114,10 @@ const tlsSchema = z
   .strict();
 
 /** The file's shape. Everything optional: defaults fill the gaps. */
+/** Busy-poll window: 50 us takes most of the gain; past 1 ms it is only burnt CPU. */
+const BUSY_POLL_US_DEFAULT = 50;
+const BUSY_POLL_US_MAX = 1000;
+
 const fileSchema = z
   .object({
     data: z.string(),
@@ -122,6 +128,7 @@ const fileSchema = z
         socket: z.string().nullable(),
         socketMode: z.union([z.string(), z.number()]).nullable(),
         tls: tlsSchema,
+        busyPollUs: z.number().int().min(0).max(BUSY_POLL_US_MAX),
       })
       .partial()
       .strict(),
@@ -174,6 +181,7 @@ const KEY_HINTS: Record<string, string> = {
   'http.listen': 'HOST:PORT, e.g. 127.0.0.1:8080, or null to turn the dashboard off',
   exports: 'a list of { name, size } entries, e.g. - { name: swap, size: 8GiB }',
   'host.oomScoreAdj': 'a whole number from -1000 to 1000, or null to leave it',
+  'nbd.busyPollUs': `a whole number of microseconds from 0 (off) to ${BUSY_POLL_US_MAX}`,
   'nbd.tls.mode': 'off, optional (clients may use STARTTLS) or required',
   'exports.allow': 'a list of addresses, subnets or unix, e.g. allow: [127.0.0.1, unix]',
 };
@@ -486,7 +494,13 @@ export function buildConfig(
   const config: Config = {
     dataDir: resolve(overrides.data ?? file.data ?? 'data'),
     backend,
-    nbd: { listen, socket, socketMode, tls },
+    nbd: {
+      listen,
+      socket,
+      socketMode,
+      tls,
+      busyPollUs: file.nbd?.busyPollUs ?? BUSY_POLL_US_DEFAULT,
+    },
     http: {
       listen: httpListen?.[0] ?? null,
       token: env.DIFFSWAP_HTTP_TOKEN ?? file.http?.token ?? null,

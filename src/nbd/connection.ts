@@ -20,6 +20,7 @@ import type { Counter, Histogram } from 'prom-client';
 import type { ClientOrigin } from '../config/access.js';
 import type { Logger } from '../log/index.js';
 import type { Metrics } from '../metrics/index.js';
+import type { BusyPoll } from './busy-poll.js';
 import { toNbdFailure } from './errors.js';
 import type { ExportTable } from './exports.js';
 import { type Negotiated, Negotiator, type OptionOutcome } from './handshake.js';
@@ -67,10 +68,15 @@ export interface ConnectionOptions {
   limits: NbdLimits;
   /** READ reply buffers: this connection's own. */
   slab: ReplySlab;
+  /** The server's busy-poll window, told when this connection runs out of requests. */
+  busyPoll: BusyPoll;
   onClose: (connection: NbdConnection) => void;
 }
 
 type Phase = 'handshake' | 'transmission' | 'closing' | 'closed';
+
+/** Most requests in flight at once for which running dry starts the busy-poll window. */
+const BUSY_POLL_IN_FLIGHT_MAX = 1;
 
 /** Label children of one connection's export, looked up once instead of per request. */
 interface Instruments {
@@ -111,6 +117,8 @@ export class NbdConnection {
   };
   #removeCollectHook: (() => void) | null = null;
   #inFlight = 0;
+  /** Most requests in flight since the connection last ran out of them. */
+  #inFlightPeak = 0;
   /** Bytes held by requests in flight: WRITE payloads, and READ replies being filled. */
   #bytesInFlight = 0;
   #paused = false;
@@ -391,6 +399,7 @@ export class NbdConnection {
           ? blockStatusHeldBytes(header, ctx)
           : (payload?.length ?? 0);
     this.#inFlight++;
+    if (this.#inFlight > this.#inFlightPeak) this.#inFlightPeak = this.#inFlight;
     this.#bytesInFlight += heldBytes;
     executeRequest(header, payload, ctx)
       .then(
@@ -430,6 +439,12 @@ export class NbdConnection {
       return;
     }
     this.#maybeResume();
+    if (this.#inFlight === 0) {
+      // Only a client waiting on one request at a time gains from the spin; a deep queue
+      // that drained will refill on its own, and spinning would take CPU it needs.
+      if (this.#inFlightPeak <= BUSY_POLL_IN_FLIGHT_MAX) this.#o.busyPoll.idle();
+      this.#inFlightPeak = 0;
+    }
   }
 
   #tallyOk(command: number, length: number) {
