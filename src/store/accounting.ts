@@ -8,6 +8,12 @@
  * - objects[tag], storedBytes[tag] for delta/compressed/raw: live objects and their payload
  *   bytes, charged to the export that created the object (its owner).
  * - objects[duplicate]: owned objects with two or more page-map entries (shared objects).
+ * - orphans[tag] for delta/compressed/raw: owned live objects whose page-map entries are all
+ *   duplicates (the page that first stored the object was overwritten or trimmed, or a base
+ *   kept for its deltas was found again by dedup). Store-wide, one of those duplicates is the
+ *   object's own page: the totals move it back, so every live mapped object counts one page
+ *   for its kind and a technique's saved bytes never go negative. Per export the pages stay
+ *   as written, since the duplicates may sit in another export of the group.
  * Every counter is updated in the same step that changes the index, and persisted in the
  * same commit, so after a restart they are exact without a scan.
  */
@@ -35,6 +41,7 @@ export interface ExportCounters {
   pages: number[];
   objects: number[];
   storedBytes: number[];
+  orphans: number[];
 }
 
 export function emptyCounters(): ExportCounters {
@@ -42,7 +49,43 @@ export function emptyCounters(): ExportCounters {
     pages: new Array<number>(TAG_COUNT).fill(0),
     objects: new Array<number>(TAG_COUNT).fill(0),
     storedBytes: new Array<number>(TAG_COUNT).fill(0),
+    orphans: new Array<number>(TAG_COUNT).fill(0),
   };
+}
+
+/** Counters as persisted, completed: stores written before `orphans` existed have none. */
+export function loadCounters(saved: Partial<ExportCounters>): ExportCounters {
+  const empty = emptyCounters();
+  return {
+    pages: saved.pages ?? empty.pages,
+    objects: saved.objects ?? empty.objects,
+    storedBytes: saved.storedBytes ?? empty.storedBytes,
+    orphans: saved.orphans ?? empty.orphans,
+  };
+}
+
+/**
+ * Store-wide techniques from the exports' sums and every owner's orphans (see the note):
+ * each orphaned object takes one page from duplicate back to its own kind.
+ */
+export function withOrphans(
+  techniques: Record<TechniqueName, TechniqueStats>,
+  owners: Iterable<ExportCounters>,
+): Record<TechniqueName, TechniqueStats> {
+  const duplicate = techniques.duplicate;
+  for (const counters of owners) {
+    TAG_TECHNIQUES.forEach((name, tag) => {
+      const orphans = counters.orphans[tag] ?? 0;
+      if (orphans === 0) return;
+      const kind = techniques[name];
+      kind.pages += orphans;
+      kind.savedBytes += orphans * PAGE_SIZE;
+      duplicate.pages -= orphans;
+      duplicate.savedBytes -= orphans * PAGE_SIZE;
+    });
+  }
+  assert.ok(duplicate.pages >= 0, 'more orphaned objects than duplicate pages');
+  return techniques;
 }
 
 /** Adds `delta` to a counter; a count never goes below zero (a bookkeeping bug if it did). */

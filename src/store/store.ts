@@ -71,7 +71,9 @@ import {
   emptyCounters,
   exportStats,
   FanInHistogram,
+  loadCounters,
   sumTechniques,
+  withOrphans,
 } from './accounting.js';
 import { PageCache } from './cache.js';
 import {
@@ -482,7 +484,7 @@ export class PageStoreImpl implements Backend {
       throw error;
     }
     for (const [id, counters] of Object.entries(this.#state.counters)) {
-      this.#counters.set(Number(id), counters);
+      this.#counters.set(Number(id), loadCounters(counters));
     }
     this.#cache = new PageCache(this.#tuning.referenceCachePages);
     this.#compressor = compressorOf(this.#tuning);
@@ -616,7 +618,7 @@ export class PageStoreImpl implements Backend {
       liveBytes += record.liveBytes;
     }
     const indexBytes = this.#indexFileBytes();
-    const techniques = sumTechniques(all);
+    const techniques = withOrphans(sumTechniques(all), this.#counters.values());
     return {
       kind: 'pagestore',
       logicalBytes: all.reduce((sum, e) => sum + e.logicalBytes, 0),
@@ -1063,7 +1065,7 @@ export class PageStoreImpl implements Backend {
     this.#files.reconcile(this.#segments);
     this.#counters.clear();
     for (const [id, counters] of Object.entries(this.#state.counters)) {
-      this.#counters.set(Number(id), counters);
+      this.#counters.set(Number(id), loadCounters(counters));
     }
     for (const exp of this.#exports.values()) {
       if (!this.#counters.has(exp.id)) this.#counters.set(exp.id, emptyCounters());
@@ -1132,6 +1134,7 @@ export class PageStoreImpl implements Backend {
         pages: [...value.pages],
         objects: [...value.objects],
         storedBytes: [...value.storedBytes],
+        orphans: [...value.orphans],
       };
     }
     this.#state.counters = counters;
@@ -1324,12 +1327,12 @@ export class PageStoreImpl implements Backend {
     if (outcome.tag === MappingTag.uniform && 'word' in outcome) {
       mapping = { tag: MappingTag.uniform, word: outcome.word, objectId: 0 };
     } else if ('objectId' in outcome) {
-      this.#addMapRef(ctx, outcome.objectId);
+      this.#addMapRef(ctx, outcome.objectId, false);
       mapping = { tag: MappingTag.duplicate, word: 0n, objectId: outcome.objectId };
     } else {
       assert.ok('object' in outcome);
       this.#createObject(ctx, outcome.object);
-      this.#addMapRef(ctx, outcome.object.id);
+      this.#addMapRef(ctx, outcome.object.id, true);
       mapping = { tag: outcome.tag, word: 0n, objectId: outcome.object.id };
     }
     ctx.changes.mappings.set(key, mapping);
@@ -1428,11 +1431,14 @@ export class PageStoreImpl implements Backend {
     return segmentId;
   }
 
-  #addMapRef(ctx: BatchContext, id: number): void {
+  /** One more page-map entry on `id`: its own first page (`primary`) or a duplicate. */
+  #addMapRef(ctx: BatchContext, id: number, primary: boolean): void {
     const record = this.#objectIn(ctx.changes, id);
     record.mapCount++;
-    if (record.mapCount === 2)
-      bump(this.#countersOf(record.ownerId).objects, MappingTag.duplicate, 1);
+    const owner = this.#countersOf(record.ownerId);
+    if (record.mapCount === 2) bump(owner.objects, MappingTag.duplicate, 1);
+    // A base kept only for its deltas, found again by dedup: no page of its own (accounting).
+    if (record.mapCount === 1 && !primary) bump(owner.orphans, objectTag(record.codec), 1);
   }
 
   /**
@@ -1446,9 +1452,13 @@ export class PageStoreImpl implements Backend {
       const record = this.#objectIn(ctx.changes, old.objectId);
       assert.ok(record.mapCount > 0, 'page-map reference count below zero');
       record.mapCount--;
-      if (record.mapCount === 1) {
-        bump(this.#countersOf(record.ownerId).objects, MappingTag.duplicate, -1);
-      }
+      const owner = this.#countersOf(record.ownerId);
+      if (record.mapCount === 1) bump(owner.objects, MappingTag.duplicate, -1);
+      // Orphans (accounting.ts): the object's own page went and duplicates remain, or the
+      // last duplicate of an orphaned object went.
+      const kind = objectTag(record.codec);
+      if (old.tag !== MappingTag.duplicate && record.mapCount > 0) bump(owner.orphans, kind, 1);
+      if (old.tag === MappingTag.duplicate && record.mapCount === 0) bump(owner.orphans, kind, -1);
       if (record.mapCount === 0 && record.deltaCount === 0) this.#kill(ctx, old.objectId, record);
     }
   }

@@ -264,3 +264,44 @@ test('refuses a second open of a directory that is open', async () => {
   const again = await openPageStore({ dataDir: dir, exports });
   await again.close();
 });
+
+test('a shared object whose first page is overwritten still counts one page of its kind', async () => {
+  const dir = freshDir();
+  const exports: ExportSpec[] = [
+    { name: 'a', sizeBytes: MiB, group: 'vm' },
+    { name: 'b', sizeBytes: MiB, group: 'vm' },
+  ];
+  let store = await openPageStore({ dataDir: dir, exports });
+  const page = makePage('unique', 4242);
+  const a = store.device('a');
+  const b = store.device('b');
+  assert.ok(a && b);
+  await a.writePages(0, page, { fua: false });
+  await a.flush();
+  await a.writePages(1, page, { fua: false });
+  await b.writePages(1, page, { fua: false });
+  await b.flush();
+  // The page that stored the object goes; two duplicates of it stay (one in each export).
+  await a.writePages(0, Buffer.alloc(PAGE_SIZE), { fua: true });
+  const counts = () => {
+    const t = store.stats().techniques;
+    return {
+      compressed: [t.compressed.pages, t.compressed.objects],
+      duplicate: t.duplicate.pages,
+      savedOk: t.compressed.savedBytes > 0 && t.duplicate.savedBytes === t.duplicate.pages * 4096,
+    };
+  };
+  assert.deepEqual(counts(), { compressed: [1, 1], duplicate: 1, savedOk: true });
+  await store.close();
+  store = await openPageStore({ dataDir: dir, exports });
+  assert.deepEqual(counts(), { compressed: [1, 1], duplicate: 1, savedOk: true }, 'restart');
+  // One duplicate left: it is the object's page now.
+  await store.device('b')?.zeroPages(1, 1, { fua: true, mayTrim: true });
+  assert.deepEqual(counts(), { compressed: [1, 1], duplicate: 0, savedOk: true });
+  // And none: the object dies.
+  await store.device('a')?.zeroPages(1, 1, { fua: true, mayTrim: true });
+  const t = store.stats().techniques;
+  assert.deepEqual([t.compressed.pages, t.compressed.objects, t.duplicate.pages], [0, 0, 0]);
+  assert.deepEqual((await store.check({ repair: false })).problems, []);
+  await store.close();
+});
