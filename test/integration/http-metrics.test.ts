@@ -5,9 +5,10 @@
  * count as recent errors of their export.
  */
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import type { ExportSpec } from '../../src/device/types.js';
 import { runNbdsh } from '../helpers/clients.js';
 import { runToolOk } from '../helpers/exec.js';
@@ -23,6 +24,7 @@ import {
 import { backendsUnderTest } from '../helpers/nbd-server.js';
 
 const MiB = 1024 * 1024;
+const README = fileURLToPath(new URL('../../../README.md', import.meta.url));
 const IMAGE_BYTES = 4 * MiB;
 const EXPORTS: ExportSpec[] = [
   { name: 'disk', sizeBytes: IMAGE_BYTES },
@@ -92,6 +94,20 @@ for (const backend of backendsUnderTest().filter((b) => b !== 'nbdkit')) {
           `${name}: base units`,
         );
       }
+    });
+
+    test('every diffswap metric a scrape carries is in the README reference table', async (t) => {
+      const stack = await startHttpStack({ backend, exports: EXPORTS });
+      t.after(() => stack.close());
+      const { text } = await scrape(stack);
+      const readme = await readFile(README, 'utf8');
+      const documented = new Set(
+        [...readme.matchAll(/^\| `(diffswap_[a-z0-9_]+)` \|/gm)].map((m) => m[1] ?? ''),
+      );
+      const missing = [...declaredTypes(text).keys()].filter(
+        (name) => name.startsWith('diffswap_') && !documented.has(name),
+      );
+      assert.deepEqual(missing, [], 'metrics the README does not list');
     });
 
     test('counters, gauges and history move when nbdcopy writes and reads', async (t) => {
