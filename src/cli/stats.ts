@@ -66,11 +66,11 @@ export function formatHostSafety(report: HostSafetyReport): string {
   const { mlock, ioFlusher, oomScoreAdj } = report;
   const locked = mlock.lockedBytes === null ? '' : ` (${formatSize(mlock.lockedBytes)} locked)`;
   const oomValue = oomScoreAdj.value === null ? '' : ` (now ${oomScoreAdj.value})`;
+  const oomRequested = oomScoreAdj.requested !== null;
   return [
     `mlock        ${state(mlock.requested, mlock.inEffect, mlock.error)}${locked}`,
     `io flusher   ${state(ioFlusher.requested, ioFlusher.inEffect, ioFlusher.error)}`,
-    `oom score    ${state(oomScoreAdj.requested !== null, oomScoreAdj.inEffect, oomScoreAdj.error)}` +
-      oomValue,
+    `oom score    ${state(oomRequested, oomScoreAdj.inEffect, oomScoreAdj.error)}${oomValue}`,
   ].join('\n');
 }
 

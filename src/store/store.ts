@@ -1945,12 +1945,12 @@ export class PageStoreImpl implements Backend {
 
   /**
    * Verifies the committed store: every object's record is intact and decodes, reference
-   * counts match the page map and deltas, segment live bytes match their objects. Waits for buffered writes first. `repair` sets reference
-   * counts and segment live bytes to the recount and deletes objects nothing refers to (as
-   * a dead object is deleted: its base's delta count and the accounting follow); it
-   * leaves damaged pages mapped, so they keep answering EIO rather than read as zeros (an
-   * operator decides: TRIM them, or restore the guest). Per-technique accounting is not
-   * recounted.
+   * counts match the page map and deltas, segment live bytes match their objects. Waits for
+   * buffered writes first. `repair` sets reference counts and segment live bytes to the
+   * recount and deletes objects nothing refers to (as a dead object is deleted: its base's
+   * delta count and the accounting follow); it leaves damaged pages mapped, so they keep
+   * answering EIO rather than read as zeros (an operator decides: TRIM them, or restore the
+   * guest). Per-technique accounting is not recounted.
    */
   async check(options: { repair: boolean }): Promise<CheckReport> {
     await this.flush();

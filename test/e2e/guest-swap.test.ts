@@ -10,7 +10,8 @@
  * 3. The same while diffswap is stopped with SIGTERM and started again (same port, same data
  *    directory) twice mid-run: no I/O error reaches the guest, no page comes back wrong.
  *
- * Sizes: DIFFSWAP_GUEST_FILL_MIB (default 384, three times the RAM) of the guest's 128 MiB. Under TCG on two
+ * Sizes: DIFFSWAP_GUEST_FILL_MIB (default 384, three times the RAM) of the guest's 128 MiB.
+ * Under TCG on two
  * cores a run takes a few minutes; with KVM (kvm_intel/kvm_amd loaded) far less.
  */
 import assert from 'node:assert/strict';

@@ -265,7 +265,7 @@ test('refuses a second open of a directory that is open', async () => {
   await again.close();
 });
 
-test('a shared object whose first page is overwritten still counts one page of its kind', async () => {
+test('a shared object whose first page is gone still counts one page of its kind', async () => {
   const dir = freshDir();
   const exports: ExportSpec[] = [
     { name: 'a', sizeBytes: MiB, group: 'vm' },
