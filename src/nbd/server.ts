@@ -38,7 +38,10 @@ export interface NbdServerOptions {
   busyPollUs?: number;
 }
 
-/** Busy-poll window by default: most of the depth-1 gain (busy-poll.ts) at little CPU. */
+/**
+ * Busy-poll window by default: most of the depth-1 gain (busy-poll.ts) at little CPU. The
+ * config's default (nbd.busyPollUs) is the same; this one serves callers that pass none.
+ */
 export const BUSY_POLL_US_DEFAULT = 50;
 
 export interface NbdConnectionInfo {

@@ -1,7 +1,7 @@
 /**
  * Reply buffers carved out of large slabs. A READ reply (header + data) is just over 4 KiB,
  * above what Node's own Buffer pool serves, so each one was a separate ArrayBuffer for the
- * garbage collector to track; carving them from 1 MiB slabs cuts that by a few hundred times.
+ * garbage collector to track; carving them from 256 KiB slabs cuts that some sixtyfold.
  * A slab is never reused: it is freed by the collector once every reply cut from it has been
  * written and dropped. Each connection has its own (allocated at its first READ), so a slow
  * reader holds at most the slabs its own replies sit in, never its neighbours' replies.

@@ -3,8 +3,9 @@
  *
  * Design note. Counters are indexed by MappingTag (zero, duplicate, delta, compressed, raw):
  * - pages[tag]: the export's page-map entries by how each page was stored when written.
- *   A page that reused an existing object counts as duplicate for as long as it is mapped,
- *   even if the page that first stored the object is gone: it records what paid at write.
+ *   A page that reused an existing object counts as duplicate in its export for as long as
+ *   it is mapped, even if the page that first stored the object is gone: it records what
+ *   paid at write (the store-wide totals correct for that, see orphans).
  * - objects[tag], storedBytes[tag] for delta/compressed/raw: live objects and their payload
  *   bytes, charged to the export that created the object (its owner).
  * - objects[duplicate]: owned objects with two or more page-map entries (shared objects).
