@@ -1,13 +1,15 @@
 /**
  * `diffswap check [--repair]`: verifies a store that no server has open: every mapping and
  * object, payload checksums and reference counts. Damage is reported by export and page
- * offset. Exit 0 when clean (or repaired), 1 when damage remains, 2 on bad usage.
+ * offset, as text for a person or, with --json, as the report object. Exit 0 when clean (or
+ * repaired), 1 when damage remains, 2 on bad usage.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config/index.js';
 import { silentLogger } from '../log/index.js';
+import type { CheckReport } from '../store/index.js';
 import { storeConfigProblems } from './store-config.js';
 
 const USAGE = `Usage: diffswap check [--config FILE] [--data DIR] [--repair] [--json]
@@ -57,18 +59,9 @@ export async function run(argv: string[]): Promise<number> {
     });
     try {
       const report = await opened.check({ repair: values.repair ?? false });
-      console.log(JSON.stringify(report, null, 2));
       // Healthy, or every problem repaired and no page damaged: 0. Anything left: 1.
       const clean = report.damagedTotal === 0 && report.unrepaired === 0;
-      if (!values.json) {
-        console.error(
-          clean
-            ? `diffswap check: ${report.objectsChecked} objects and ${report.mappingsChecked} ` +
-                `mappings checked, ${report.repaired} repaired, no damage`
-            : `diffswap check: ${report.problems.length} problem(s), ${report.repaired} ` +
-                `repaired, ${report.damagedTotal} damaged page(s)`,
-        );
-      }
+      console.log(values.json ? JSON.stringify(report, null, 2) : formatReport(report));
       return clean ? 0 : 1;
     } finally {
       await opened.close();
@@ -77,4 +70,44 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`diffswap check: ${(error as Error).message}`);
     return error instanceof ConfigError ? 2 : 1;
   }
+}
+
+/** Lines of problems and damaged pages printed before pointing at --json for the rest. */
+const LINES_SHOWN = 50;
+
+/** The report for a person: a verdict, then what is wrong, damaged pages by export and offset. */
+export function formatReport(report: CheckReport): string {
+  const lines: string[] = [];
+  const checked = `${report.objectsChecked} objects and ${report.mappingsChecked} mappings checked`;
+  if (report.damagedTotal === 0 && report.unrepaired === 0) {
+    const repaired = report.repaired > 0 ? `, ${report.repaired} problem(s) repaired` : '';
+    lines.push(`store consistent: ${checked}${repaired}, no damaged page`);
+    return lines.join('\n');
+  }
+  lines.push(
+    `store damaged: ${checked}; ${report.problems.length} problem(s), ` +
+      `${report.repaired} repaired, ${report.unrepaired} left; ` +
+      `${report.damagedTotal} damaged page(s) (reads answer EIO)`,
+  );
+  if (report.problems.length > 0) {
+    lines.push('', 'problems:');
+    for (const problem of report.problems.slice(0, LINES_SHOWN)) lines.push(`  ${problem}`);
+    if (report.problems.length > LINES_SHOWN) {
+      lines.push(`  ... ${report.problems.length - LINES_SHOWN} more (--json lists them all)`);
+    }
+  }
+  if (report.damaged.length > 0) {
+    lines.push('', 'damaged pages:', '  export            offset (bytes)      object  problem');
+    for (const page of report.damaged.slice(0, LINES_SHOWN)) {
+      lines.push(
+        `  ${page.export.padEnd(16)}  ${String(page.offsetBytes).padStart(14)}  ` +
+          `${String(page.objectId).padStart(10)}  ${page.problem}`,
+      );
+    }
+    if (report.damagedTotal > LINES_SHOWN) {
+      lines.push(`  ... ${report.damagedTotal - LINES_SHOWN} more (--json lists those it kept)`);
+    }
+  }
+  if (!report.problems.length && !report.damaged.length) lines.push('(no details)');
+  return lines.join('\n');
 }

@@ -301,9 +301,13 @@ async function compactionRunning(server: ServerProcess): Promise<boolean> {
  * compaction step's uncommitted figures, not reproduced since (`--check-with-compaction`).
  */
 async function checkStore(configPath: string): Promise<string[]> {
-  const result = await runTool(process.execPath, [CLI_PATH, 'check', '--config', configPath], {
-    timeoutMs: 120_000,
-  });
+  const result = await runTool(
+    process.execPath,
+    [CLI_PATH, 'check', '--config', configPath, '--json'],
+    {
+      timeoutMs: 120_000,
+    },
+  );
   const problems: string[] = [];
   const start = result.stdout.indexOf('{');
   let report: { problems?: unknown[]; damaged?: unknown[] } = {};

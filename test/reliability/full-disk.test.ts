@@ -153,7 +153,7 @@ describe('full disk', () => {
     assert.equal(await server!.stop(), 0);
     const check = await runTool(
       process.execPath,
-      [CLI_PATH, 'check', '--data', join(mountPoint, 'data')],
+      [CLI_PATH, 'check', '--data', join(mountPoint, 'data'), '--json'],
       { timeoutMs: 120_000 },
     );
     const report = JSON.parse(check.stdout.slice(check.stdout.indexOf('{'))) as {

@@ -219,6 +219,24 @@ describe('scrub', () => {
       );
     }
   });
+
+  test('without --json, check prints the same damage for a person to read', async () => {
+    const result = await runTool(process.execPath, [CLI_PATH, 'check', '--data', dataDir], {
+      timeoutMs: 120_000,
+    });
+    const text = result.stdout;
+    assert.equal(result.code, 1, result.stderr);
+    assert.match(text, /^store damaged: \d+ objects and \d+ mappings checked/);
+    assert.ok(!text.trimStart().startsWith('{'), `a person's report is not JSON:\n${text}`);
+    const rows = text.split('\n').filter((line) => line.startsWith(`  ${EXPORT} `));
+    for (const page of damaged) {
+      const offset = String(page * PAGE_BYTES);
+      assert.ok(
+        rows.some((row) => row.split(/\s+/).includes(offset)),
+        `page ${page} (offset ${offset}) not in the damaged-pages table:\n${text}`,
+      );
+    }
+  });
 });
 
 describe('check of a reference count', () => {
