@@ -58,7 +58,13 @@ export async function run(argv: string[]): Promise<number> {
       tuning: { ...config.store },
     });
     try {
-      const report = await opened.check({ repair: values.repair ?? false });
+      const bar = progressLine(process.stderr.isTTY === true);
+      const report = await opened
+        .check({
+          repair: values.repair ?? false,
+          onProgress: ({ done, total }) => bar.update(done, total),
+        })
+        .finally(() => bar.clear());
       // Healthy, or every problem repaired and no page damaged: 0. Anything left: 1.
       const clean = report.damagedTotal === 0 && report.unrepaired === 0;
       console.log(values.json ? JSON.stringify(report, null, 2) : formatReport(report));
@@ -70,6 +76,34 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`diffswap check: ${(error as Error).message}`);
     return error instanceof ConfigError ? 2 : 1;
   }
+}
+
+/** Redraws at most this often. */
+const PROGRESS_INTERVAL_MS = 100;
+const BAR_WIDTH = 30;
+
+/** A one-line progress bar on standard error, drawn only on a terminal. */
+function progressLine(enabled: boolean) {
+  let lastMs = 0;
+  let drawn = false;
+  return {
+    update(done: number, total: number) {
+      const nowMs = Date.now();
+      if (!enabled || nowMs - lastMs < PROGRESS_INTERVAL_MS) return;
+      lastMs = nowMs;
+      const share = total > 0 ? Math.min(1, done / total) : 1;
+      const filled = Math.round(share * BAR_WIDTH);
+      process.stderr.write(
+        `\rcheck [${'#'.repeat(filled)}${' '.repeat(BAR_WIDTH - filled)}] ` +
+          `${(share * 100).toFixed(0)}% ${done.toLocaleString('en-US')} of ` +
+          `${total.toLocaleString('en-US')} steps`,
+      );
+      drawn = true;
+    },
+    clear() {
+      if (drawn) process.stderr.write('\r\x1b[K');
+    },
+  };
 }
 
 /** Lines of problems and damaged pages printed before pointing at --json for the rest. */

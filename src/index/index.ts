@@ -158,6 +158,13 @@ export class IndexDb {
     return raw ? decodeObject(raw) : undefined;
   }
 
+  /** Entries in the page map and object table, from LMDB's own statistics (no walk). */
+  counts(): { mappings: number; objects: number } {
+    const entries = (db: Database<Buffer, number>) =>
+      (db.getStats() as { entryCount?: number }).entryCount ?? 0;
+    return { mappings: entries(this.#pages), objects: entries(this.#objects) };
+  }
+
   *allObjects(): Generator<[number, ObjectRecord]> {
     for (const { key, value } of this.#objects.getRange({})) yield [key, decodeObject(value)];
   }

@@ -5,19 +5,29 @@
  */
 
 import type { Backend } from '../device/types.js';
-import type { CheckReport, CompactionReport } from './store.js';
+import type { CheckOptions, CheckReport, CompactionReport } from './store.js';
 import { PageStoreImpl, type PageStoreOptions } from './store.js';
 
 export { isStrayCommitRejection } from '../index/index.js';
 export { setContentHashForTests } from './codecs.js';
-export type { CheckReport, CompactionReport, DamagedPage, PageStoreOptions } from './store.js';
+export type {
+  CheckOptions,
+  CheckProgress,
+  CheckReport,
+  CompactionReport,
+  DamagedPage,
+  PageStoreOptions,
+} from './store.js';
 export { DEFAULT_STORE_TUNING, type StoreTuning } from './tuning.js';
 
 export interface PageStore extends Backend {
   /** Compacts now (see PageStoreImpl.compact); background compaction also runs by itself. */
   compact(): Promise<CompactionReport>;
-  /** Verifies the committed store and lists damaged pages; repair is not implemented yet. */
-  check(options: { repair: boolean }): Promise<CheckReport>;
+  /**
+   * Verifies the committed store and lists damaged pages; `repair` fixes counts and deletes
+   * orphans (see PageStoreImpl.check). Serves I/O between slices of the walk.
+   */
+  check(options: CheckOptions): Promise<CheckReport>;
   /** Bytes of segment files, committed. */
   segmentBytes(): number;
   /** Counters of failures and work done, for metrics. */

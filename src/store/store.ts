@@ -149,6 +149,21 @@ export interface CheckReport {
   unrepaired: number;
 }
 
+export interface CheckOptions {
+  repair: boolean;
+  /** Called every few thousand steps of the walk, and once at its end (done = total). */
+  onProgress?: (progress: CheckProgress) => void;
+}
+
+/** How far a check has come: steps walked of those expected (mappings, objects twice). */
+export interface CheckProgress {
+  done: number;
+  total: number;
+}
+
+/** Steps of a check between two yields to the event loop (a few milliseconds of work). */
+const CHECK_SLICE = 1024;
+
 /** A page that reads as EIO, named the way an operator finds it: export and byte offset. */
 export interface DamagedPage {
   export: string;
@@ -1952,9 +1967,9 @@ export class PageStoreImpl implements Backend {
    * answering EIO rather than read as zeros (an operator decides: TRIM them, or restore the
    * guest). Per-technique accounting is not recounted.
    */
-  async check(options: { repair: boolean }): Promise<CheckReport> {
+  async check(options: CheckOptions): Promise<CheckReport> {
     await this.flush();
-    return this.#runExclusive(() => this.#checkNow(options.repair));
+    return this.#runExclusive(() => this.#checkNow(options.repair, options.onProgress));
   }
 
   /** Runs `fn` in the writer loop, between two batches or compaction steps. */
@@ -1972,14 +1987,29 @@ export class PageStoreImpl implements Backend {
     });
   }
 
-  async #checkNow(repair: boolean): Promise<CheckReport> {
+  /**
+   * The walk runs in the writer loop, so no commit changes the index under it; every
+   * CHECK_SLICE steps it yields, so reads (and writes into the buffer) go on being served
+   * while a large store is checked on a live server.
+   */
+  async #checkNow(repair: boolean, onProgress?: (p: CheckProgress) => void): Promise<CheckReport> {
     const problems: string[] = [];
     const ctx: BatchContext = { changes: emptyChanges(), released: [], deadIds: [] };
     let repaired = 0;
     const mapRefs = new Map<number, number>();
     let mappingsChecked = 0;
+    const totals = this.#index.counts();
+    // Steps: each mapping once, each object twice (decode, then its counts).
+    const progress = { done: 0, total: totals.mappings + 2 * totals.objects };
+    const step = async () => {
+      if (++progress.done % CHECK_SLICE !== 0) return;
+      onProgress?.({ done: progress.done, total: Math.max(progress.total, progress.done) });
+      await yieldToEventLoop();
+      this.#assertUsable();
+    };
     for (const [, mapping] of this.#index.allMappings()) {
       mappingsChecked++;
+      await step();
       if (mapping.tag === MappingTag.uniform) continue;
       mapRefs.set(mapping.objectId, (mapRefs.get(mapping.objectId) ?? 0) + 1);
     }
@@ -1990,6 +2020,7 @@ export class PageStoreImpl implements Backend {
     const broken = new Map<number, string>();
     for (const [id, record] of this.#index.allObjects()) {
       objectsChecked++;
+      await step();
       if (record.baseId !== 0)
         deltaRefs.set(record.baseId, (deltaRefs.get(record.baseId) ?? 0) + 1);
       liveBySegment.set(
@@ -2007,6 +2038,7 @@ export class PageStoreImpl implements Backend {
     const objectsByFanIn = new Map<number, number>();
     let unrepairable = broken.size;
     for (const [id, record] of this.#index.allObjects()) {
+      await step();
       const maps = mapRefs.get(id) ?? 0;
       const deltas = deltaRefs.get(id) ?? 0;
       if (deltas > 0) objectsByFanIn.set(deltas, (objectsByFanIn.get(deltas) ?? 0) + 1);
@@ -2058,6 +2090,7 @@ export class PageStoreImpl implements Backend {
         repaired++;
       }
     }
+    onProgress?.({ done: progress.done, total: progress.done });
     if (repaired > 0) await this.#commit(ctx);
     const { damaged, damagedTotal } = this.#damagedPages(broken);
     const unrepaired = repair ? unrepairable : problems.length;
