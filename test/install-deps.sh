@@ -17,7 +17,8 @@ DEBIAN_PACKAGES=(
   openssl                          # certificates for the TLS tests
   gdb                              # gcore: real ELF core files for diffswap analyze
   librsvg2-bin fonts-dejavu-core   # rsvg-convert: diffswap analyze --chart OUT.png
-  zstd lz4 ca-certificates
+  zstd lz4 xz-utils gzip           # compressed images that diffswap analyze refuses
+  ca-certificates
 )
 
 SUDO=""

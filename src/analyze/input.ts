@@ -74,6 +74,7 @@ export function openImage(path: string): ImageInput {
   }
   const fd = openForRead(path);
   try {
+    refuseCompressed(fd, stat.size, path);
     const core = elfCoreRanges(fd, stat.size, path);
     if (core !== null) return describe(path, stat.size, 'elf-core', core, 0);
   } finally {
@@ -85,6 +86,46 @@ export function openImage(path: string): ImageInput {
     throw new InputError(`${path}: ${stat.size} bytes, smaller than one 4 KiB page`);
   }
   return describe(path, stat.size, 'raw', [{ offset: 0, pageCount }], tailBytes);
+}
+
+/**
+ * Formats whose pages are compressed, so reading them as pages would measure the compressor
+ * that wrote them: the compressed kdump formats (makedumpfile's flattened stream and the
+ * diskdump file qemu's `dump-guest-memory -z/-l/-s` and `virsh dump --format kdump-*` write),
+ * and whole-file compressors. Each is known by a signature of three bytes or more at offset 0
+ * (gzip's with its deflate method byte), which raw memory does not start with by chance. What to do instead is in the message.
+ */
+const COMPRESSED_SIGNATURES: { magic: Buffer; what: string; instead: string }[] = [
+  ...['makedumpfile', 'KDUMP   ', 'DISKDUMP'].map((magic) => ({
+    magic: Buffer.from(magic, 'latin1'),
+    what: 'a compressed kdump file',
+    instead:
+      "dump guest memory as ELF instead (qemu: 'dump-guest-memory FILE' without -z/-l/-s; " +
+      "libvirt: 'virsh dump --memory-only --format elf')",
+  })),
+  ...(
+    [
+      ['28b52ffd', 'zstd', 'zstd -d'],
+      ['fd377a585a00', 'xz', 'xz -d'],
+      ['1f8b08', 'gzip', 'gzip -d'],
+      ['04224d18', 'lz4', 'lz4 -d'],
+    ] as const
+  ).map(([hex, name, command]) => ({
+    magic: Buffer.from(hex, 'hex'),
+    what: `${name}-compressed`,
+    instead: `decompress it first ('${command} FILE')`,
+  })),
+];
+
+/** Throws InputError when the file starts with the signature of a compressed format. */
+function refuseCompressed(fd: number, sizeBytes: number, path: string): void {
+  const head = Buffer.alloc(16);
+  const got = readSync(fd, head, 0, Math.min(head.length, sizeBytes), 0);
+  for (const { magic, what, instead } of COMPRESSED_SIGNATURES) {
+    if (got >= magic.length && head.subarray(0, magic.length).equals(magic)) {
+      throw new InputError(`${path}: ${what}, not raw pages or an ELF core; ${instead}`);
+    }
+  }
 }
 
 function openForRead(path: string): number {

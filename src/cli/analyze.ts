@@ -23,8 +23,10 @@ import { renderSvg, renderText } from '../analyze/report.js';
 export const ANALYZE_USAGE = `Usage: diffswap analyze FILE... [options]
 
 Measures what each storage technique would save on raw memory images: VM RAM dumps,
-/proc/PID/mem dumps, swap images, ELF core files (their memory segments). Every figure comes
-from the store's own codecs; costly comparisons run on a seeded sample and say so.
+/proc/PID/mem dumps, swap images, ELF core files (their memory segments: gcore, kernel and
+qemu dump-guest-memory cores). Compressed dumps (kdump formats, zstd, xz, gzip, lz4) are
+refused with what to do instead. Every figure comes from the store's own codecs; costly
+comparisons run on a seeded sample and say so.
 
 Options:
   --json OUT        also write the full report as JSON to OUT ('-': stdout, no tables)
@@ -39,7 +41,8 @@ Options:
 
 A file whose size is not a multiple of 4 KiB is analyzed up to its last whole page; the
 tail is reported. Exit codes: 0 report written, 1 runtime failure, 2 bad usage,
-3 bad input file (missing, a directory, empty, unreadable, damaged core file).`;
+3 bad input file (missing, a directory, empty, unreadable, damaged core file,
+compressed dump).`;
 
 interface CliOptions {
   paths: string[];

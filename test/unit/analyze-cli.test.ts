@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -51,6 +52,43 @@ function elfCore(segments: Buffer[], firstOffset = PAGE_SIZE): Buffer {
   const headerPage = Buffer.alloc(firstOffset);
   Buffer.concat([header, table]).copy(headerPage);
   return Buffer.concat([headerPage, ...segments]);
+}
+
+/** Runs one command on qemu's human monitor and resolves with its output at the next prompt. */
+async function hmp(socketPath: string, command: string): Promise<string> {
+  let socket: ReturnType<typeof connect> | undefined;
+  // qemu creates the socket a moment after it starts: bounded retries.
+  for (let attempt = 0; attempt < 100 && !socket; attempt++) {
+    const candidate = connect(socketPath);
+    try {
+      await once(candidate, 'connect');
+      socket = candidate;
+    } catch {
+      candidate.destroy();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  assert.ok(socket, `qemu monitor ${socketPath} never answered`);
+  let text = '';
+  socket.on('data', (chunk: Buffer) => {
+    text += chunk.toString();
+  });
+  const closed = once(socket, 'close').then(() => {
+    throw new Error(`qemu monitor closed during '${command}': ${text}`);
+  });
+  closed.catch(() => undefined);
+  const prompt = async () => {
+    while (!text.endsWith('(qemu) ')) await Promise.race([once(socket, 'data'), closed]);
+  };
+  try {
+    await prompt();
+    text = '';
+    socket.write(`${command}\n`);
+    await prompt();
+    return text;
+  } finally {
+    socket.end();
+  }
 }
 
 describe('diffswap analyze (CLI)', () => {
@@ -158,6 +196,67 @@ describe('diffswap analyze (CLI)', () => {
     } finally {
       child.kill('SIGKILL');
     }
+  });
+
+  it("reads qemu's guest-memory dump as an ELF core and refuses its kdump form", async () => {
+    const monitor = join(dir.path, 'qemu.monitor');
+    const qemu = spawn(
+      'qemu-system-x86_64',
+      ['-accel', 'tcg', '-m', '32M', '-nodefaults', '-display', 'none', '-no-reboot'].concat([
+        '-monitor',
+        `unix:${monitor},server=on,wait=off`,
+      ]),
+      { stdio: ['ignore', 'ignore', 'inherit'] },
+    );
+    try {
+      const elf = join(dir.path, 'guest.elf');
+      const kdump = join(dir.path, 'guest.kdump');
+      await hmp(monitor, `dump-guest-memory ${elf}`);
+      await hmp(monitor, `dump-guest-memory -z ${kdump}`);
+      const table = (await runToolOk('readelf', ['-lW', elf])).stdout;
+      let pages = 0;
+      for (const line of table.split('\n')) {
+        const fields = line.trim().split(/\s+/);
+        if (fields[0] === 'LOAD') pages += Math.floor(Number(fields[4]) / PAGE_SIZE);
+      }
+      assert.ok(pages >= (32 << 20) / PAGE_SIZE, `readelf counted ${pages} pages`);
+      const result = await analyze([elf, '--exact-only', '--json', '-']);
+      assert.equal(result.code, 0, result.stderr);
+      const report = JSON.parse(result.stdout);
+      assert.equal(report.files[0].format, 'elf-core');
+      assert.equal(report.pageCount, pages);
+      const refused = await analyze([kdump, '--exact-only']);
+      assert.equal(refused.code, 3, refused.stderr);
+      assert.match(refused.stderr, /guest\.kdump: a compressed kdump file.*dump-guest-memory/);
+      assert.equal(refused.stdout, '');
+    } finally {
+      qemu.kill('SIGKILL');
+      await once(qemu, 'exit').catch(() => undefined);
+    }
+  });
+
+  it('refuses images compressed by zstd, xz, gzip and lz4, saying how to decompress', async () => {
+    const image = join(dir.path, 'plain.img');
+    await writeFile(
+      image,
+      Buffer.concat([randomBytes(4 * PAGE_SIZE, 5), Buffer.alloc(12 * PAGE_SIZE)]),
+    );
+    const compressors: Array<[string, string[], string]> = [
+      ['zstd', ['-q', '-k', '-f', '-o', `${image}.zst`, image], `${image}.zst`],
+      ['xz', ['-k', '-f', image], `${image}.xz`],
+      ['gzip', ['-k', '-f', image], `${image}.gz`],
+      ['lz4', ['-q', '-f', image, `${image}.lz4`], `${image}.lz4`],
+    ];
+    for (const [tool, args, out] of compressors) {
+      await runToolOk(tool, args);
+      const result = await analyze([out, '--exact-only']);
+      assert.equal(result.code, 3, `${tool}: ${result.stderr}`);
+      assert.match(result.stderr, new RegExp(`${tool}-compressed.*'${tool} -d FILE'`));
+    }
+    // The same pages uncompressed are read as they are.
+    const plain = await analyze([image, '--exact-only', '--json', '-']);
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.equal(JSON.parse(plain.stdout).pageCount, 16);
   });
 
   it('reports a tail that is not a whole page and analyzes the rest', async () => {
