@@ -217,7 +217,7 @@ function storeJobs(store: HttpServerOptions['store'], logger: Logger) {
     ),
     check: new StoreJob<{ repair: boolean }>(
       'check',
-      check ? (arg) => check.call(store, arg) : undefined,
+      check ? (arg, onProgress) => check.call(store, { ...arg, onProgress }) : undefined,
       logger,
     ),
   };

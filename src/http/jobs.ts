@@ -13,19 +13,30 @@ export interface JobStatus {
   finishedAtMs: number | null;
   result?: unknown;
   error: string | null;
+  /** How far the running (or last) run came, for jobs that report it (check). */
+  progress: JobProgress | null;
 }
+
+export interface JobProgress {
+  done: number;
+  total: number;
+}
+
+/** A job's body: its argument, and a callback for the progress it reports (if any). */
+export type JobRun<A> = (arg: A, onProgress: (progress: JobProgress) => void) => Promise<unknown>;
 
 export class StoreJob<A> {
   readonly name: string;
-  readonly #run: ((arg: A) => Promise<unknown>) | undefined;
+  readonly #run: JobRun<A> | undefined;
   readonly #logger: Logger;
   #running: Promise<unknown> | null = null;
   #startedAtMs: number | null = null;
   #finishedAtMs: number | null = null;
   #result: unknown;
   #error: string | null = null;
+  #progress: JobProgress | null = null;
 
-  constructor(name: string, run: ((arg: A) => Promise<unknown>) | undefined, logger: Logger) {
+  constructor(name: string, run: JobRun<A> | undefined, logger: Logger) {
     this.name = name;
     this.#run = run;
     this.#logger = logger;
@@ -42,6 +53,7 @@ export class StoreJob<A> {
       startedAtMs: this.#startedAtMs,
       finishedAtMs: this.#finishedAtMs,
       error: this.#error,
+      progress: this.#progress,
     };
     if (this.#result !== undefined) status.result = this.#result;
     return status;
@@ -57,8 +69,12 @@ export class StoreJob<A> {
     if (this.#running) throw new ApiError('BUSY', `a ${this.name} is already running`);
     this.#startedAtMs = Date.now();
     this.#finishedAtMs = null;
+    this.#progress = null;
     this.#logger.info({ job: this.name }, 'job started over HTTP');
-    const running = run(arg).then(
+    const onProgress = (progress: JobProgress) => {
+      this.#progress = { done: progress.done, total: progress.total };
+    };
+    const running = run(arg, onProgress).then(
       (result) => {
         this.#result = result ?? null;
         this.#error = null;

@@ -308,6 +308,12 @@ const jobStatus = {
     /** What the store returned from the last finished run. */
     result: anyJson,
     error: { type: ['string', 'null'] },
+    /** Records walked of those expected, for a job that reports it (check); else null. */
+    progress: {
+      type: ['object', 'null'],
+      required: ['done', 'total'],
+      properties: { done: { type: 'integer' }, total: { type: 'integer' } },
+    },
   },
 } as const;
 

@@ -196,8 +196,16 @@ describe('HTTP API on the page store', () => {
     assert.deepEqual(status.result, compaction.result);
 
     const check = await jsonOf(await stack.get('/api/v1/check?wait=true', { method: 'POST' }));
-    const report = check.result as { problems: string[]; mappingsChecked: number };
+    const report = check.result as {
+      problems: string[];
+      mappingsChecked: number;
+      objectsChecked: number;
+    };
     assert.deepEqual(report.problems, []);
     assert.ok(report.mappingsChecked > 0, 'check saw the written pages');
+    // Progress counts each mapping once and each object twice (decode, then counts).
+    const walked = report.mappingsChecked + 2 * report.objectsChecked;
+    assert.deepEqual(check.progress, { done: walked, total: walked });
+    assert.equal(compaction.progress, null, 'compaction reports no progress');
   });
 });
