@@ -51,6 +51,7 @@ import {
 } from '../device/types.js';
 import {
   CONTENT_KEY_BYTES,
+  type ExportRecord,
   emptyChanges,
   exportIdOfKey,
   type IndexChanges,
@@ -586,6 +587,30 @@ export class PageStoreImpl implements Backend {
       };
       state.device = new StorePageDevice(this, state);
       this.#exports.set(spec.name, state);
+    }
+    this.#warnUnlisted(records, specs);
+  }
+
+  /**
+   * An export on disk that the configuration no longer lists keeps its pages (a typo or a
+   * dropped line must not destroy a VM's swap), but is not served: say so, and how to free
+   * the space.
+   */
+  #warnUnlisted(records: Map<string, ExportRecord>, specs: ExportSpec[]): void {
+    const listed = new Set(specs.map((spec) => spec.name));
+    for (const [name, record] of records) {
+      if (listed.has(name)) continue;
+      const counters = this.#counters.get(record.id);
+      const mappedPages = counters ? counters.pages.reduce((sum, n) => sum + n, 0) : 0;
+      if (mappedPages === 0) continue;
+      const sizeBytes = record.pageCount * PAGE_SIZE;
+      this.#log.warn(
+        { export: name, mappedPages, sizeBytes },
+        `export ${name} is on disk but not configured: its ${mappedPages} pages are kept, not ` +
+          'served; list it again to serve them, or to free their space list it, discard it ' +
+          `whole (qemu-io -f raw -c 'discard 0 ${sizeBytes}' nbd://HOST:PORT/${name}) and ` +
+          'remove it again',
+      );
     }
   }
 

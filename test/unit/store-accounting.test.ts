@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { pino } from 'pino';
 import { type ExportSpec, PAGE_SIZE, type TechniqueSwitches } from '../../src/device/types.js';
 import { openPageStore, setContentHashForTests } from '../../src/store/index.js';
 import { makeTempDir } from '../helpers/files.js';
@@ -303,5 +304,36 @@ test('a shared object whose first page is gone still counts one page of its kind
   const t = store.stats().techniques;
   assert.deepEqual([t.compressed.pages, t.compressed.objects, t.duplicate.pages], [0, 0, 0]);
   assert.deepEqual((await store.check({ repair: false })).problems, []);
+  await store.close();
+});
+
+test('keeps the pages of an export the configuration no longer lists, and warns', async () => {
+  const dir = freshDir();
+  const both = [
+    { name: 'a', sizeBytes: MiB },
+    { name: 'b', sizeBytes: MiB },
+  ];
+  let store = await openPageStore({ dataDir: dir, exports: both });
+  const pages = pagesOf([makePage('unique', 21), makePage('unique', 22), makePage('fill', 3)]);
+  await store.device('b')?.writePages(10, pages, { fua: true });
+  await store.close();
+
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line)) });
+  store = await openPageStore({ dataDir: dir, exports: [both[0]!], logger });
+  assert.deepEqual(store.exportNames(), ['a']);
+  await store.close();
+  const warning = lines.find((line) => line.export === 'b');
+  assert.ok(warning, `no warning about export b in ${JSON.stringify(lines)}`);
+  assert.equal(warning.level, 40);
+  assert.equal(warning.mappedPages, 3);
+  assert.match(String(warning.msg), /export b is on disk but not configured.*discard 0 1048576/);
+  assert.ok(!lines.some((line) => line.export === 'a'), 'a listed export is not warned about');
+
+  // Listed again, it serves the same bytes.
+  store = await openPageStore({ dataDir: dir, exports: both });
+  const back = Buffer.alloc(3 * PAGE_SIZE);
+  await store.device('b')?.readPages(10, 3, back, 0);
+  assert.ok(back.equals(pages));
   await store.close();
 });
