@@ -183,6 +183,18 @@ describe('config', () => {
     assert.equal(sized.store.writeBufferBytes, 64 * 1024 ** 2);
   });
 
+  it('refuses a store export past 16 TiB at start-up; the memory backend takes it', () => {
+    const exports = [
+      { name: 'huge', size: '100TiB' },
+      { name: 'edge', size: '16TiB' },
+    ];
+    const problems = problemsOf(() => buildConfig({ exports }, {}, {}));
+    assert.equal(problems.length, 1, problems.join('\n'));
+    assert.match(problems[0] ?? '', /exports 'huge': size 100 TiB is past .* 16 TiB/);
+    const memory = buildConfig({ exports, backend: 'memory' }, {}, {});
+    assert.equal(memory.exports[0]?.sizeBytes, 100 * 1024 ** 4);
+  });
+
   it('parses endpoints and durations', () => {
     assert.deepEqual(parseEndpoint('[::1]:10809'), { host: '::1', port: 10809 });
     assert.deepEqual(parseEndpoint(':9'), { host: '127.0.0.1', port: 9 });
