@@ -93,7 +93,8 @@ export function openImage(path: string): ImageInput {
  * that wrote them: the compressed kdump formats (makedumpfile's flattened stream and the
  * diskdump file qemu's `dump-guest-memory -z/-l/-s` and `virsh dump --format kdump-*` write),
  * and whole-file compressors. Each is known by a signature of three bytes or more at offset 0
- * (gzip's with its deflate method byte), which raw memory does not start with by chance. What to do instead is in the message.
+ * (gzip's with its deflate method byte), which raw memory does not start with by chance. What
+ * to do instead is in the message.
  */
 const COMPRESSED_SIGNATURES: { magic: Buffer; what: string; instead: string }[] = [
   ...['makedumpfile', 'KDUMP   ', 'DISKDUMP'].map((magic) => ({

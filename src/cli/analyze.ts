@@ -18,6 +18,7 @@ import {
   SAMPLE_SIZE_DEFAULT,
 } from '../analyze/index.js';
 import { renderSvg, renderText } from '../analyze/report.js';
+import { progressBar } from './progress.js';
 
 /** The --help text, exit codes included. */
 export const ANALYZE_USAGE = `Usage: diffswap analyze FILE... [options]
@@ -105,41 +106,11 @@ function parseCli(argv: string[]): CliOptions | 'help' {
   };
 }
 
-/** Redraws at most this often: a terminal write per chunk would cost more than the chunk. */
-const PROGRESS_INTERVAL_MS = 100;
-const BAR_WIDTH = 30;
-
-function progressBar(enabled: boolean) {
-  const startedMs = Date.now();
-  let lastMs = 0;
-  let drawn = false;
-  return {
-    update(doneBytes: number, totalBytes: number) {
-      const nowMs = Date.now();
-      if (!enabled || (nowMs - lastMs < PROGRESS_INTERVAL_MS && doneBytes < totalBytes)) return;
-      lastMs = nowMs;
-      const share = totalBytes ? doneBytes / totalBytes : 1;
-      const filled = Math.round(share * BAR_WIDTH);
-      const mib = (bytes: number) => (bytes / (1 << 20)).toFixed(0);
-      const rate = doneBytes / (1 << 20) / Math.max(0.001, (nowMs - startedMs) / 1000);
-      process.stderr.write(
-        `\ranalyze [${'#'.repeat(filled)}${' '.repeat(BAR_WIDTH - filled)}] ` +
-          `${(share * 100).toFixed(0)}% ${mib(doneBytes)}/${mib(totalBytes)} MiB ` +
-          `${rate.toFixed(0)} MiB/s`,
-      );
-      drawn = true;
-    },
-    /** Replaces the bar with a status line (kept until the next update or done). */
-    note(message: string) {
-      if (!enabled) return;
-      process.stderr.write(`\r\x1b[Kanalyze: ${message}`);
-      drawn = true;
-    },
-    done(message: string) {
-      if (!enabled) return;
-      process.stderr.write(`${drawn ? '\r\x1b[K' : ''}${message}\n`);
-    },
-  };
+/** Bytes read of the images, and the rate. */
+function bytesDetail(done: number, total: number, elapsedMs: number): string {
+  const mib = (bytes: number) => (bytes / (1 << 20)).toFixed(0);
+  const rate = done / (1 << 20) / Math.max(0.001, elapsedMs / 1000);
+  return `${mib(done)}/${mib(total)} MiB ${rate.toFixed(0)} MiB/s`;
 }
 
 async function writeOutputs(report: AnalysisReport, options: CliOptions): Promise<void> {
@@ -231,7 +202,11 @@ export async function run(argv: string[]): Promise<number> {
       );
     }
   }
-  const progress = progressBar(options.progress && process.stderr.isTTY === true);
+  const progress = progressBar(
+    'analyze',
+    options.progress && process.stderr.isTTY === true,
+    bytesDetail,
+  );
   let report: AnalysisReport;
   try {
     report = await analyzeImages(images, {

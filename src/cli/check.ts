@@ -10,6 +10,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config/index.js';
 import { silentLogger } from '../log/index.js';
 import type { CheckReport } from '../store/index.js';
+import { progressBar } from './progress.js';
 import { storeConfigProblems } from './store-config.js';
 
 const USAGE = `Usage: diffswap check [--config FILE] [--data DIR] [--repair] [--json]
@@ -58,7 +59,12 @@ export async function run(argv: string[]): Promise<number> {
       tuning: { ...config.store },
     });
     try {
-      const bar = progressLine(process.stderr.isTTY === true);
+      const bar = progressBar(
+        'check',
+        process.stderr.isTTY === true,
+        (done, total) =>
+          `${done.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} steps`,
+      );
       const report = await opened
         .check({
           repair: values.repair ?? false,
@@ -78,51 +84,22 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-/** Redraws at most this often. */
-const PROGRESS_INTERVAL_MS = 100;
-const BAR_WIDTH = 30;
-
-/** A one-line progress bar on standard error, drawn only on a terminal. */
-function progressLine(enabled: boolean) {
-  let lastMs = 0;
-  let drawn = false;
-  return {
-    update(done: number, total: number) {
-      const nowMs = Date.now();
-      if (!enabled || nowMs - lastMs < PROGRESS_INTERVAL_MS) return;
-      lastMs = nowMs;
-      const share = total > 0 ? Math.min(1, done / total) : 1;
-      const filled = Math.round(share * BAR_WIDTH);
-      process.stderr.write(
-        `\rcheck [${'#'.repeat(filled)}${' '.repeat(BAR_WIDTH - filled)}] ` +
-          `${(share * 100).toFixed(0)}% ${done.toLocaleString('en-US')} of ` +
-          `${total.toLocaleString('en-US')} steps`,
-      );
-      drawn = true;
-    },
-    clear() {
-      if (drawn) process.stderr.write('\r\x1b[K');
-    },
-  };
-}
-
 /** Lines of problems and damaged pages printed before pointing at --json for the rest. */
 const LINES_SHOWN = 50;
 
 /** The report for a person: a verdict, then what is wrong, damaged pages by export and offset. */
 export function formatReport(report: CheckReport): string {
-  const lines: string[] = [];
   const checked = `${report.objectsChecked} objects and ${report.mappingsChecked} mappings checked`;
   if (report.damagedTotal === 0 && report.unrepaired === 0) {
     const repaired = report.repaired > 0 ? `, ${report.repaired} problem(s) repaired` : '';
-    lines.push(`store consistent: ${checked}${repaired}, no damaged page`);
-    return lines.join('\n');
+    return `store consistent: ${checked}${repaired}, no damaged page`;
   }
-  lines.push(
+  // Damage left means problems listed (unrepaired) or pages listed (damagedTotal).
+  const lines = [
     `store damaged: ${checked}; ${report.problems.length} problem(s), ` +
       `${report.repaired} repaired, ${report.unrepaired} left; ` +
       `${report.damagedTotal} damaged page(s) (reads answer EIO)`,
-  );
+  ];
   if (report.problems.length > 0) {
     lines.push('', 'problems:');
     for (const problem of report.problems.slice(0, LINES_SHOWN)) lines.push(`  ${problem}`);
@@ -142,6 +119,5 @@ export function formatReport(report: CheckReport): string {
       lines.push(`  ... ${report.damagedTotal - LINES_SHOWN} more (--json lists those it kept)`);
     }
   }
-  if (!report.problems.length && !report.damaged.length) lines.push('(no details)');
   return lines.join('\n');
 }

@@ -12,7 +12,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { type ExportSpec, PAGE_SIZE, type TechniqueSwitches } from '../device/types.js';
 import { parseAccessRule } from './access.js';
-import { formatSize, parseSize } from './size.js';
+import { parseSize } from './size.js';
 
 /** Where a listener binds: TCP or a Unix socket path. */
 export type Endpoint = { host: string; port: number };
@@ -116,8 +116,6 @@ const tlsSchema = z
 /** The file's shape. Everything optional: defaults fill the gaps. */
 /** Busy-poll window: 50 us takes most of the gain; past 1 ms it is only burnt CPU. */
 const BUSY_POLL_US_DEFAULT = 50;
-/** The page store keys pages by a 32-bit page number: 2^32 pages of 4 KiB an export. */
-const STORE_EXPORT_BYTES_MAX = 2 ** 32 * PAGE_SIZE;
 const BUSY_POLL_US_MAX = 1000;
 
 const fileSchema = z
@@ -161,10 +159,14 @@ export type ConfigFile = z.infer<typeof fileSchema>;
 
 /** Command-line overrides; each replaces the file's value. */
 /**
- * The page store's own check of the `store:` section (keys, types, values), given by the
- * caller: this module knows nothing of the store's knobs. Its problems join the others.
+ * The page store's own check of the `store:` section (keys, types, values) and of the exports'
+ * sizes, given by the caller: this module knows nothing of the store's limits. Its problems
+ * join the others.
  */
-export type StoreCheck = (store: Readonly<Record<string, number | string | boolean>>) => string[];
+export type StoreCheck = (
+  store: Readonly<Record<string, number | string | boolean>>,
+  exports: readonly ExportSpec[],
+) => string[];
 
 export interface ConfigOverrides {
   data?: string;
@@ -490,17 +492,7 @@ export function buildConfig(
   }
   const store = storeTuning(file.store ?? {}, problems);
   const backend = overrides.backend ?? file.backend ?? 'store';
-  if (backend === 'store') {
-    problems.push(...storeProblems(store));
-    for (const spec of exports) {
-      if (spec.sizeBytes > STORE_EXPORT_BYTES_MAX) {
-        problems.push(
-          `exports '${spec.name}': size ${formatSize(spec.sizeBytes)} is past the page ` +
-            "store's limit of 16 TiB an export; write 16TiB or less",
-        );
-      }
-    }
-  }
+  if (backend === 'store') problems.push(...storeProblems(store, exports));
   if (problems.length > 0) throw new ConfigError(problems);
 
   const config: Config = {

@@ -308,7 +308,7 @@ const jobStatus = {
     /** What the store returned from the last finished run. */
     result: anyJson,
     error: { type: ['string', 'null'] },
-    /** Records walked of those expected, for a job that reports it (check); else null. */
+    /** Steps done of those expected, for a job that reports it (check); else null. */
     progress: {
       type: ['object', 'null'],
       required: ['done', 'total'],

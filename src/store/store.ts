@@ -92,10 +92,8 @@ import {
 import { lockStore } from './lock.js';
 import { SpaceReserve } from './reserve.js';
 import { recordBytes, SegmentFiles } from './segments.js';
-import { resolveTuning, type StoreTuning } from './tuning.js';
+import { EXPORT_PAGES_MAX, resolveTuning, type StoreTuning } from './tuning.js';
 
-/** Largest export in pages: page numbers are 32-bit in page-map keys. */
-const EXPORT_PAGES_MAX = 2 ** 32;
 /** Largest export id: page-map keys are export id * 2^32 + page, kept a safe integer. */
 const EXPORT_ID_MAX = 2 ** 20;
 /** Pages a read decodes before it yields, so one huge read cannot starve other clients. */
@@ -2026,15 +2024,15 @@ export class PageStoreImpl implements Backend {
     const totals = this.#index.counts();
     // Steps: each mapping once, each object twice (decode, then its counts).
     const progress = { done: 0, total: totals.mappings + 2 * totals.objects };
-    const step = async () => {
-      if (++progress.done % CHECK_SLICE !== 0) return;
+    // Called at a slice boundary only, so the walk awaits nothing per record.
+    const pause = async () => {
       onProgress?.({ done: progress.done, total: Math.max(progress.total, progress.done) });
       await yieldToEventLoop();
       this.#assertUsable();
     };
     for (const [, mapping] of this.#index.allMappings()) {
       mappingsChecked++;
-      await step();
+      if (++progress.done % CHECK_SLICE === 0) await pause();
       if (mapping.tag === MappingTag.uniform) continue;
       mapRefs.set(mapping.objectId, (mapRefs.get(mapping.objectId) ?? 0) + 1);
     }
@@ -2045,7 +2043,7 @@ export class PageStoreImpl implements Backend {
     const broken = new Map<number, string>();
     for (const [id, record] of this.#index.allObjects()) {
       objectsChecked++;
-      await step();
+      if (++progress.done % CHECK_SLICE === 0) await pause();
       if (record.baseId !== 0)
         deltaRefs.set(record.baseId, (deltaRefs.get(record.baseId) ?? 0) + 1);
       liveBySegment.set(
@@ -2063,7 +2061,7 @@ export class PageStoreImpl implements Backend {
     const objectsByFanIn = new Map<number, number>();
     let unrepairable = broken.size;
     for (const [id, record] of this.#index.allObjects()) {
-      await step();
+      if (++progress.done % CHECK_SLICE === 0) await pause();
       const maps = mapRefs.get(id) ?? 0;
       const deltas = deltaRefs.get(id) ?? 0;
       if (deltas > 0) objectsByFanIn.set(deltas, (objectsByFanIn.get(deltas) ?? 0) + 1);

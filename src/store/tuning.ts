@@ -5,6 +5,9 @@
  */
 import { DeviceError } from '../device/types.js';
 
+/** Largest export in pages: page numbers are 32-bit in page-map keys (16 TiB an export). */
+export const EXPORT_PAGES_MAX = 2 ** 32;
+
 export interface StoreTuning {
   /** Compressor for pages stored alone: 'zstd' (default) or 'lz4' (zram-like, faster). */
   compressor: 'zstd' | 'lz4';

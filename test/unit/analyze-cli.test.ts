@@ -170,7 +170,8 @@ describe('diffswap analyze (CLI)', () => {
       'python3',
       [
         '-c',
-        'import time\nd = {i: str(i) * 9 for i in range(100000)}\nprint("ready", flush=True)\ntime.sleep(60)',
+        'import time\nd = {i: str(i) * 9 for i in range(100000)}\n' +
+          'print("ready", flush=True)\ntime.sleep(60)',
       ],
       { stdio: ['ignore', 'pipe', 'inherit'] },
     );

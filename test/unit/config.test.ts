@@ -188,10 +188,10 @@ describe('config', () => {
       { name: 'huge', size: '100TiB' },
       { name: 'edge', size: '16TiB' },
     ];
-    const problems = problemsOf(() => buildConfig({ exports }, {}, {}));
+    const problems = problemsOf(() => buildConfig({ exports }, {}, {}, storeConfigProblems));
     assert.equal(problems.length, 1, problems.join('\n'));
     assert.match(problems[0] ?? '', /exports 'huge': size 100 TiB is past .* 16 TiB/);
-    const memory = buildConfig({ exports, backend: 'memory' }, {}, {});
+    const memory = buildConfig({ exports, backend: 'memory' }, {}, {}, storeConfigProblems);
     assert.equal(memory.exports[0]?.sizeBytes, 100 * 1024 ** 4);
   });
 
